@@ -1,0 +1,1 @@
+"""export stage of the pipeline (see DESIGN.md section 1)."""

@@ -1,0 +1,1 @@
+"""infer stage of the pipeline (see DESIGN.md section 1)."""

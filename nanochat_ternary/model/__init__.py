@@ -1,0 +1,1 @@
+"""model stage of the pipeline (see DESIGN.md section 1)."""

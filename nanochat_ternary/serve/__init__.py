@@ -1,0 +1,1 @@
+"""serve stage of the pipeline (see DESIGN.md section 1)."""
