@@ -1,0 +1,159 @@
+"""Training batches from token shards: random windows, resumable, optionally prefetched.
+
+Why this module exists: the trainer needs `[batch_size, seq_len + 1]` token windows fast and
+reproducibly. Batch k is a pure function of (seed, k, rank): its window starts are drawn from
+`np.random.default_rng([seed, k, rank])`. Hence
+- resume is exact: the loader's whole state is the number of batches handed out;
+- background worker threads may build batches in any order; the consumer still receives them
+  in order 0, 1, 2, ... and the sequence is identical to `num_workers=0`;
+- DDP ranks draw different windows without coordinating.
+Inputs are `batch[:, :-1]`, targets `batch[:, 1:]`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .shards import ShardReader
+
+STATE_VERSION = 1
+
+
+class TokenLoader:
+    """Random `[batch_size, seq_len + 1]` windows of a shard folder (see module docstring).
+
+    With `num_workers > 0`, worker threads build batches ahead of the consumer: at most
+    `prefetch_batches` finished batches plus one in progress per worker.
+    """
+
+    def __init__(self, shard_dir: Path, batch_size: int, seq_len: int, seed: int = 0, num_workers: int = 0,
+                 prefetch_batches: int = 0, rank: int = 0, world_size: int = 1):
+        for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("seed", seed, 0),
+                                 ("num_workers", num_workers, 0), ("prefetch_batches", prefetch_batches, 0),
+                                 ("rank", rank, 0), ("world_size", world_size, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"TokenLoader: {name} must be an integer >= {low}, got {value!r}")
+        if rank >= world_size:
+            raise ConfigError(f"TokenLoader: rank {rank} must be < world_size {world_size}")
+        self.reader = ShardReader(shard_dir)
+        if self.reader.total_tokens < seq_len + 1:
+            raise DataError(f"{shard_dir}: {self.reader.total_tokens} tokens is shorter than seq_len + 1 = {seq_len + 1}")
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.rank, self.world_size = rank, world_size
+        self.num_workers, self.prefetch_batches = num_workers, prefetch_batches
+        self._pos = 0  # index of the next batch to hand out
+        self._closed = False
+        self._cond = threading.Condition()
+        self._ready: dict[int, torch.Tensor | BaseException] = {}
+        self._claim = 0  # next batch index a worker will build
+        self._generation = 0  # bumped by load_state_dict so stale in-flight batches are dropped
+        self._threads = [threading.Thread(target=self._work, name=f"TokenLoader-{i}", daemon=True)
+                         for i in range(num_workers)]
+        for t in self._threads:
+            t.start()
+
+    # ---- batch construction ---------------------------------------------------------------
+    def build_batch(self, k: int) -> torch.Tensor:
+        """Batch number k (pure function of seed, k, rank)."""
+        rng = np.random.default_rng([self.seed, k, self.rank])
+        span = self.seq_len + 1
+        starts = rng.integers(0, self.reader.total_tokens - span + 1, size=self.batch_size)
+        rows = np.stack([self.reader.get(int(s), span) for s in starts]).astype(np.int64)
+        return torch.from_numpy(rows)
+
+    def _work(self) -> None:
+        capacity = self.prefetch_batches + self.num_workers
+        while True:
+            with self._cond:
+                while not self._closed and self._claim >= self._pos + capacity:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                k, generation = self._claim, self._generation
+                self._claim += 1
+            try:
+                batch: torch.Tensor | BaseException = self.build_batch(k)
+            except BaseException as e:  # handed to the consumer, re-raised in next_batch
+                batch = e
+            with self._cond:
+                if generation == self._generation and not self._closed:
+                    self._ready[k] = batch
+                    self._cond.notify_all()
+
+    def next_batch(self) -> torch.Tensor:
+        """The next `[batch_size, seq_len + 1]` int64 batch."""
+        if self._closed:
+            raise DataError("TokenLoader: next_batch() after close()")
+        if not self._threads:
+            batch = self.build_batch(self._pos)
+            self._pos += 1
+            return batch
+        with self._cond:
+            while self._pos not in self._ready:
+                if self._closed:
+                    raise DataError("TokenLoader: closed while waiting for a batch")
+                self._cond.wait()
+            batch = self._ready.pop(self._pos)
+            self._pos += 1
+            self._cond.notify_all()
+        if isinstance(batch, BaseException):
+            raise batch
+        return batch
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    # ---- resume ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """JSON-serialisable position: the batches handed out so far and the seed."""
+        return {"version": STATE_VERSION, "batches": self._pos, "seed": self.seed, "rank": self.rank,
+                "world_size": self.world_size, "batch_size": self.batch_size, "seq_len": self.seq_len}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`; the next batch is the one that followed it.
+
+        Only the seed and the batch count are restored; this loader keeps its own rank, so a
+        state saved by rank 0 resumes every rank.
+        """
+        try:
+            if state["version"] != STATE_VERSION:
+                raise DataError(f"TokenLoader state version {state['version']} is not {STATE_VERSION}")
+            pos, seed = state["batches"], state["seed"]
+        except (KeyError, TypeError) as e:
+            raise DataError(f"TokenLoader state is malformed (missing {e})") from e
+        if not isinstance(pos, int) or pos < 0 or not isinstance(seed, int) or seed < 0:
+            raise DataError(f"TokenLoader state has invalid batches={pos!r} seed={seed!r}")
+        with self._cond:
+            self._generation += 1
+            self._ready.clear()
+            self.seed, self._pos, self._claim = seed, pos, pos
+            self._cond.notify_all()
+
+    # ---- shutdown -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop and join the worker threads; safe to call twice."""
+        with self._cond:
+            self._closed = True
+            self._ready.clear()
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+        self._threads = []
+
+    def __enter__(self) -> "TokenLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

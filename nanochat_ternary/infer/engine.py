@@ -1,0 +1,142 @@
+"""The inference Engine: load a GGUF (+ .mhc), prefill and batched decode over per-sequence caches.
+
+Why this module exists: it is the one object the CLI, the server's scheduler and the benchmarks
+drive (contract in the engine brief): `Engine.load`, `new_state`, `prefill(state, tokens)` and
+`decode(states, tokens)`, which runs every sequence's next token in ONE batched forward (each
+projection reads its weights once for the whole batch; attention uses each sequence's own cache
+slot with a length mask, see kv_cache.py). `forward_logits` is the cache-free full forward for
+parity tests, and `verify`/`mtp_logits`/`truncate` serve self-speculative decoding.
+
+Engine methods are not thread-safe: one thread drives an Engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import NanochatError
+from .gguf_model import GGUFModel, read_gguf_model
+from .kernels import backend_name, native_library
+from .kv_cache import KVPool, SeqState, decode_mask
+from .network import Network
+
+__all__ = ["Engine", "SeqState", "EngineInputError"]
+
+
+class EngineInputError(NanochatError, ValueError):
+    """Bad input to the engine: empty token list, a token outside the vocabulary, or a sequence
+    that would exceed the context length."""
+
+
+class Engine:
+    def __init__(self, gm: GGUFModel, backend: str | None = None, exact_head: bool = False):
+        torch.set_flush_denormal(True)
+        self.model_file = gm.path
+        self.hp = gm.hp
+        self.lib = None if backend == "torch" else native_library()
+        self.backend = backend_name(self.lib)
+        self.net = Network(gm, self.lib, exact_head)
+        self.tokenizer = gm.tokenizer
+        self.chat_template = gm.chat_template
+        self.n_ctx = gm.hp.n_ctx
+        self.vocab_size = gm.hp.vocab_size
+        self.name = gm.hp.name
+        self.n_mtp = gm.hp.n_mtp
+        self.file_bytes = gm.file_bytes
+        proj_params = sum(p.n_out * p.n_in for p in gm.projections.values())
+        self.bits_per_weight = 8.0 * sum(p.stored_bytes for p in gm.projections.values()) / max(proj_params, 1)
+        self.pool = KVPool(gm.hp.n_layers, gm.hp.n_kv_heads, gm.hp.head_dim, gm.hp.n_ctx)
+
+    @classmethod
+    def load(cls, gguf_path: str | Path, mhc_path: str | Path | None = None, num_threads: int | None = None,
+             backend: str | None = None, exact_head: bool = False) -> "Engine":
+        """Read a GGUF (+ .mhc; FormatError naming the file on a bad/truncated/mismatched file).
+
+        `backend="torch"` forces the PyTorch kernels (default: native when it compiles);
+        `exact_head=True` computes every logit from the F16 table (see network.Network.head)."""
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        return cls(read_gguf_model(gguf_path, mhc_path), backend, exact_head)
+
+    # ---- states --------------------------------------------------------------------------
+    def new_state(self) -> SeqState:
+        return SeqState(self.pool, self.pool.alloc())
+
+    def truncate(self, state: SeqState, length: int) -> None:
+        """Forget the tokens after the first `length` (speculative decoding's rollback)."""
+        if not 0 <= length <= state.length:
+            raise EngineInputError(f"cannot truncate a sequence of {state.length} tokens to {length}")
+        state.length = length
+
+    def _check(self, tokens: list[int], start: int) -> torch.Tensor:
+        if not tokens:
+            raise EngineInputError("no tokens given")
+        ids = torch.tensor(tokens, dtype=torch.long)
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise EngineInputError(f"token id outside the vocabulary 0..{self.vocab_size - 1}")
+        if start + len(tokens) > self.n_ctx:
+            raise EngineInputError(f"sequence of {start + len(tokens)} tokens exceeds the context length {self.n_ctx}")
+        return ids
+
+    # ---- forward passes ------------------------------------------------------------------
+    @torch.inference_mode()
+    def verify(self, state: SeqState, tokens: list[int], all_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append `tokens` to `state` in one forward; returns (logits [T, V] or [1, V] for the
+        last token only, trunk states z [T, D])."""
+        start = state.length
+        ids = self._check(tokens, start)
+        self.pool.ensure_length(start + len(tokens))
+        slot = state.slot
+        z = self.net.trunk(ids, torch.arange(start, start + len(tokens)),
+                           lambda i, q, k, v: self.pool.prefill_attend(i, slot, start, q, k, v))
+        state.length = start + len(tokens)
+        state.last_z = z[-1].clone()
+        return self.net.head(z if all_logits else z[-1:]), z
+
+    def prefill(self, state: SeqState, tokens: list[int]) -> torch.Tensor:
+        """Append tokens to the state; float32 logits [vocab_size] of the last token."""
+        return self.verify(state, tokens, all_logits=False)[0][0]
+
+    @torch.inference_mode()
+    def decode(self, states: list[SeqState], tokens: list[int]) -> torch.Tensor:
+        """Append one token to each state in ONE batched forward; float32 logits [B, vocab_size]."""
+        if len(states) != len(tokens):
+            raise EngineInputError(f"decode got {len(states)} states but {len(tokens)} tokens")
+        if len({s.slot for s in states}) != len(states):
+            raise EngineInputError("decode got the same sequence state twice")
+        ids = self._check(tokens, 0)
+        pos = torch.tensor([s.length for s in states], dtype=torch.long)
+        if int(pos.max()) + 1 > self.n_ctx:
+            raise EngineInputError(f"a sequence would exceed the context length {self.n_ctx}")
+        self.pool.ensure_length(int(pos.max()) + 1)
+        slots = [s.slot for s in states]
+        slot_index = torch.tensor(slots, dtype=torch.long)
+        mask = decode_mask(pos)
+        z = self.net.trunk(ids, pos, lambda i, q, k, v: self.pool.decode_attend(i, slots, slot_index, pos, mask, q, k, v))
+        for j, s in enumerate(states):
+            s.length += 1
+            s.last_z = z[j].clone()
+        return self.net.head(z)
+
+    def forward_logits(self, tokens: list[int]) -> torch.Tensor:
+        """Full forward over `tokens` from an empty context: float32 logits [T, V]."""
+        state = self.new_state()
+        try:
+            return self.verify(state, tokens)[0]
+        finally:
+            state.release()
+
+    @torch.inference_mode()
+    def mtp_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """MTP head logits [n_mtp, V] from one trunk state z [D] (head k: the token 2 + k ahead)."""
+        if not self.n_mtp:
+            raise EngineInputError(f"{self.model_file}: the model has no MTP heads")
+        return self.net.mtp_logits(z.reshape(1, -1))[0]
+
+    def info(self) -> dict:
+        hp = self.hp
+        return {"name": self.name, "arch": hp.arch, "layers": hp.n_layers, "dim": hp.dim, "vocab": hp.vocab_size,
+                "n_ctx": hp.n_ctx, "mhc_streams": hp.n_streams, "mtp_heads": hp.n_mtp, "bitlinear": hp.use_bitlinear,
+                "backend": self.backend, "threads": torch.get_num_threads()}

@@ -1,0 +1,279 @@
+"""C source of the native CPU kernels (compiled on first use by kernels.py).
+
+Why this module exists: PyTorch has no ternary matmul. Its int8 paths read 8 bits per ternary
+weight, and its F16 matmul rounds the activations to F16. These two kernels do what llama.cpp
+does for TQ2_0 and F16, with plain C + intrinsics, called through ctypes:
+
+- `nc_ternary_gemm`: activations quantized per token to int8 (absmax, exactly as
+  bitlinear.quantize_activation: scale = Q / max|x|, round half to even, clamp to [-Q-1, Q]),
+  weights packed 2 bits each (stored value t + 1 in {0, 1, 2}). The integer dot product uses
+  AVX512-VNNI `vpdpbusd` (unsigned 8-bit x signed 8-bit): sum((t + 1) * x) - sum(x) = sum(t * x),
+  so the result is the exact integer sum, scaled by the weight group's scale and 1 / scale(x).
+  Layout: each row is K / 256 blocks of 64 bytes; bits 2s..2s+1 of byte j of a block hold the
+  weight of column 64 s + j of that block (s = 0..3), so one 64-byte load and a shift give 64
+  weights lined up with 64 consecutive activations.
+- `nc_f16_gemm`: F16 weights, F32 activations, F32 accumulation (F16 -> F32 is exact, so the
+  only rounding is the F32 sum, as in a float32 matmul).
+
+Both tile NR output rows x MT tokens so that several independent accumulator chains hide the
+instruction latency, and split output rows over OpenMP threads (the same libgomp that torch
+loaded, so torch.set_num_threads applies). Without AVX512-VNNI / AVX512F the portable loops
+below compute the same integers (the compiler vectorises them as it can).
+"""
+
+C_SOURCE = r"""
+#include <stdint.h>
+#include <math.h>
+#include <omp.h>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define NC_VNNI 1
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define NC_AVX512 1
+#endif
+#define AI static inline __attribute__((always_inline))
+
+int nc_has_simd(void) {
+#ifdef NC_VNNI
+  return 2;
+#elif defined(NC_AVX512)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+/* per-token absmax quantization; xs[m] = Q / max|x| (the training code's scale) and the
+   per-group sums of the quantized values (for the +1 offset of the packed weights) */
+static void quant_rows(int M, int K, const float* x, int Q, int G, int8_t* xq, float* xs, int32_t* xsum) {
+  int KG = K / G;
+  for (int m = 0; m < M; m++) {
+    const float* r = x + (int64_t)m * K;
+    float a = 0.f;
+    for (int k = 0; k < K; k++) { float v = fabsf(r[k]); a = v > a ? v : a; }
+    if (a < 1e-5f) a = 1e-5f;
+    float s = (float)Q * (1.0f / a);  /* torch evaluates `q / t` as q * reciprocal(t) */
+    xs[m] = s;
+    for (int g = 0; g < G; g++) {
+      int32_t sum = 0;
+      for (int k = g * KG; k < (g + 1) * KG; k++) {
+        float v = nearbyintf(r[k] * s);
+        v = v < (float)(-Q - 1) ? (float)(-Q - 1) : (v > (float)Q ? (float)Q : v);
+        xq[(int64_t)m * K + k] = (int8_t)v;
+        sum += (int32_t)v;
+      }
+      xsum[m * G + g] = sum;
+    }
+  }
+}
+
+/* integer dot products of NR packed weight rows with MT quantized tokens over blocks [b0, b1) */
+AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int b0, int b1,
+                  const int NR, const int MT, int32_t* out) {
+#ifdef NC_VNNI
+  __m512i acc[16];  /* fixed sizes (NR * MT <= 16): a VLA would live on the stack */
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_setzero_si512();
+  const __m512i mask = _mm512_set1_epi8(3);
+  for (int b = b0; b < b1; b++) {
+    __m512i v[8];
+    _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) v[r] = _mm512_loadu_si512(w + r * KB + b * 64);
+    _Pragma("GCC unroll 32") for (int s = 0; s < 4; s++) {
+      __m512i xv[4];
+      _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_si512(xq + i * K + b * 256 + 64 * s);
+      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+        __m512i ws = _mm512_and_si512(_mm512_srli_epi16(v[r], 2 * s), mask);
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) acc[r * MT + i] = _mm512_dpbusd_epi32(acc[r * MT + i], ws, xv[i]);
+      }
+    }
+  }
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) out[j] = _mm512_reduce_add_epi32(acc[j]);
+#else
+  for (int r = 0; r < NR; r++) for (int i = 0; i < MT; i++) {
+    int32_t sum = 0;
+    for (int b = b0; b < b1; b++) {
+      const uint8_t* wb = w + r * KB + b * 64;
+      const int8_t* xb = xq + i * K + b * 256;
+      for (int s = 0; s < 4; s++)
+        for (int j = 0; j < 64; j++) sum += (int32_t)((wb[j] >> (2 * s)) & 3) * xb[64 * s + j];
+    }
+    out[r * MT + i] = sum;
+  }
+#endif
+}
+
+AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
+                  const float* xs, const int32_t* xsum, float* out, int n0, int n1, const int NR, const int MT) {
+  int64_t KB = K / 4;
+  int nb = K / 256 / G;
+  for (int n = n0; n + NR <= n1; n += NR)
+    for (int m0 = 0; m0 + MT <= M; m0 += MT) {
+      float res[16];
+      int32_t acc[16];
+      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) res[j] = 0.f;
+      for (int g = 0; g < G; g++) {
+        tern_tile(w + (int64_t)n * KB, KB, xq + (int64_t)m0 * K, K, g * nb, (g + 1) * nb, NR, MT, acc);
+        _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
+            res[r * MT + i] += sw[(int64_t)(n + r) * G + g] * (float)(acc[r * MT + i] - xsum[(m0 + i) * G + g]);
+      }
+      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) out[(int64_t)(m0 + i) * N + n + r] = res[r * MT + i] / xs[m0 + i];
+    }
+}
+
+/* rows [n0, n1) for all M tokens: big tiles first, then the remainders with 1-wide tiles */
+static void tern_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
+                       const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
+  if (M == 1) {
+    int nf = n0 + (n1 - n0) / 8 * 8;
+    tern_rows(1, N, K, xq, w, sw, G, xs, xsum, out, n0, nf, 8, 1);
+    tern_rows(1, N, K, xq, w, sw, G, xs, xsum, out, nf, n1, 1, 1);
+    return;
+  }
+  int nf = n0 + (n1 - n0) / 4 * 4, mf = M / 4 * 4;
+  tern_rows(mf, N, K, xq, w, sw, G, xs, xsum, out, n0, nf, 4, 4);
+  tern_rows(mf, N, K, xq, w, sw, G, xs, xsum, out, nf, n1, 1, 4);
+  for (int m = mf; m < M; m++)  /* leftover tokens, one at a time */
+    tern_range(1, N, K, xq + (int64_t)m * K, w, sw, G, xs + m, xsum + m * G, out + (int64_t)m * N, n0, n1);
+}
+
+/* out[M, N] = dequant(quant(x[M, K]) @ ternary(w)^T); scratch: xq[M*K], xs[M], xsum[M*G] */
+void nc_ternary_gemm(int M, int N, int K, const float* x, const uint8_t* w, const float* sw, int G, int Q,
+                     float* out, int8_t* xq, float* xs, int32_t* xsum) {
+  quant_rows(M, K, x, Q, G, xq, xs, xsum);
+  int64_t work = (int64_t)M * N * K;
+  #pragma omp parallel if (work > 200000)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    int per = ((N + T - 1) / T + 7) / 8 * 8;
+    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+    tern_range(M, N, K, xq, w, sw, G, xs, xsum, out, n0, n1);
+  }
+}
+
+AI void f16_rows(int M, int N, int K, const float* x, const uint16_t* w, float* out, int n0, int n1, const int NR, const int MT) {
+  for (int n = n0; n + NR <= n1; n += NR)
+    for (int m0 = 0; m0 + MT <= M; m0 += MT) {
+#ifdef NC_AVX512
+      __m512 acc[16];
+      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_setzero_ps();
+      for (int k = 0; k < K; k += 16) {
+        __m512 xv[4];
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_ps(x + (int64_t)(m0 + i) * K + k);
+        _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+          __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w + (int64_t)(n + r) * K + k)));
+          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) acc[r * MT + i] = _mm512_fmadd_ps(wv, xv[i], acc[r * MT + i]);
+        }
+      }
+      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) out[(int64_t)(m0 + i) * N + n + r] = _mm512_reduce_add_ps(acc[r * MT + i]);
+#else
+      for (int r = 0; r < NR; r++)
+        for (int i = 0; i < MT; i++) {
+          const _Float16* wr = (const _Float16*)(w + (int64_t)(n + r) * K);
+          const float* xr = x + (int64_t)(m0 + i) * K;
+          float sum = 0.f;
+          for (int k = 0; k < K; k++) sum += (float)wr[k] * xr[k];
+          out[(int64_t)(m0 + i) * N + n + r] = sum;
+        }
+#endif
+    }
+}
+
+static void f16_range(int M, int N, int K, const float* x, const uint16_t* w, float* out, int n0, int n1) {
+  if (M == 1) {
+    int nf = n0 + (n1 - n0) / 8 * 8;
+    f16_rows(1, N, K, x, w, out, n0, nf, 8, 1);
+    f16_rows(1, N, K, x, w, out, nf, n1, 1, 1);
+    return;
+  }
+  int nf = n0 + (n1 - n0) / 4 * 4, mf = M / 4 * 4;
+  f16_rows(mf, N, K, x, w, out, n0, nf, 4, 4);
+  f16_rows(mf, N, K, x, w, out, nf, n1, 1, 4);
+  for (int m = mf; m < M; m++) f16_range(1, N, K, x + (int64_t)m * K, w, out + (int64_t)m * N, n0, n1);
+}
+
+/* out[M, N] = x[M, K] @ w[N, K]^T with F16 weights; K must be a multiple of 16 */
+void nc_f16_gemm(int M, int N, int K, const float* x, const uint16_t* w, float* out) {
+  int64_t work = (int64_t)M * N * K;
+  #pragma omp parallel if (work > 200000)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    int per = ((N + T - 1) / T + 7) / 8 * 8;
+    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+    f16_range(M, N, K, x, w, out, n0, n1);
+  }
+}
+/* ---- int8 x int8 (the approximate head): per-row weight scales, per-token activation scales */
+AI void i8_rows(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
+                const float* xs, float* out, int n0, int n1, const int NR, const int MT) {
+  for (int n = n0; n + NR <= n1; n += NR)
+    for (int m0 = 0; m0 + MT <= M; m0 += MT) {
+      int32_t acc[16];
+#ifdef NC_VNNI
+      __m512i va[16];
+      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm512_setzero_si512();
+      for (int k = 0; k < K; k += 64) {
+        __m512i xv[4];
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_si512(xu + (int64_t)(m0 + i) * K + k);
+        _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+          __m512i wv = _mm512_loadu_si512(w + (int64_t)(n + r) * K + k);
+          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) va[r * MT + i] = _mm512_dpbusd_epi32(va[r * MT + i], xv[i], wv);
+        }
+      }
+      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
+#else
+      for (int r = 0; r < NR; r++)
+        for (int i = 0; i < MT; i++) {
+          int32_t sum = 0;
+          for (int k = 0; k < K; k++) sum += (int32_t)xu[(int64_t)(m0 + i) * K + k] * w[(int64_t)(n + r) * K + k];
+          acc[r * MT + i] = sum;
+        }
+#endif
+      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
+          out[(int64_t)(m0 + i) * N + n + r] = (float)(acc[r * MT + i] - 128 * wsum[n + r]) * sw[n + r] / xs[m0 + i];
+    }
+}
+
+static void i8_range(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
+                     const float* xs, float* out, int n0, int n1) {
+  if (M == 1) {
+    int nf = n0 + (n1 - n0) / 8 * 8;
+    i8_rows(1, N, K, xu, w, wsum, sw, xs, out, n0, nf, 8, 1);
+    i8_rows(1, N, K, xu, w, wsum, sw, xs, out, nf, n1, 1, 1);
+    return;
+  }
+  int nf = n0 + (n1 - n0) / 4 * 4, mf = M / 4 * 4;
+  i8_rows(mf, N, K, xu, w, wsum, sw, xs, out, n0, nf, 4, 4);
+  i8_rows(mf, N, K, xu, w, wsum, sw, xs, out, nf, n1, 1, 4);
+  for (int m = mf; m < M; m++)
+    i8_range(1, N, K, xu + (int64_t)m * K, w, wsum, sw, xs + m, out + (int64_t)m * N, n0, n1);
+}
+
+/* out[M, N] ~ x[M, K] @ (w * sw)^T with int8 w [N, K] (K a multiple of 64): x is quantized per
+   token to int8 and offset by 128 to be unsigned (vpdpbusd is u8 x s8), the offset removed with
+   wsum[n] = sum_k w[n, k]. Scratch: xu[M*K], xs[M]. */
+void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const int32_t* wsum, const float* sw,
+                  float* out, uint8_t* xu, float* xs) {
+  for (int m = 0; m < M; m++) {
+    const float* r = x + (int64_t)m * K;
+    float a = 0.f;
+    for (int k = 0; k < K; k++) { float v = fabsf(r[k]); a = v > a ? v : a; }
+    if (a < 1e-30f) a = 1e-30f;
+    float s = 127.f / a;
+    xs[m] = s;
+    for (int k = 0; k < K; k++) xu[(int64_t)m * K + k] = (uint8_t)((int)nearbyintf(r[k] * s) + 128);
+  }
+  int64_t work = (int64_t)M * N * K;
+  #pragma omp parallel if (work > 200000)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    int per = ((N + T - 1) / T + 7) / 8 * 8;
+    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+    i8_range(M, N, K, xu, w, wsum, sw, xs, out, n0, n1);
+  }
+}
+"""

@@ -1,0 +1,193 @@
+"""The transformer forward of the inference engine, built from a decoded GGUF (no training code).
+
+Why this module exists: the engine needs the same maths as model/gpt.py (pre-norm blocks, GQA
+attention with NEOX RoPE and sub-norms, SwiGLU with a sub-norm, mHC stream routing, tied head,
+MTP heads) on rows of tokens [N, D] instead of [B, T, D], with ternary projections on the fast
+kernels and attention delegated to the KV cache. Projections that read the same input are fused
+(q|k|v and gate|up) so one kernel call reads both weight sets.
+
+Numerics follow the training model: RMSNorm is F.rms_norm, activations entering a ternary
+projection are quantized per token exactly like bitlinear.quantize_activation, the head is a
+float32 product with the F16 embedding, and mHC's H matrices come from model/mhc.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..model.mhc import permutation_matrices, res_matrix
+from ..model.rope import rope_tables
+from .gguf_model import GGUFModel, Projection
+from .kernels import dense_matmul, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, ternary_matmul
+
+# attention(layer, q [N, H, hd], k [N, kv, hd], v [N, kv, hd]) -> [N, H * hd]
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Linear:
+    """One (possibly fused) projection: ternary on the kernels, or dense (F16/F32)."""
+
+    def __init__(self, parts: list[Projection], bits: int, use_bitlinear: bool, lib: ctypes.CDLL | None):
+        self.lib, self.bits = lib, bits
+        self.splits = [p.n_out for p in parts]
+        ternary = all(p.t is not None for p in parts)
+        if ternary and len({p.scales.shape[1] for p in parts}) == 1:  # fusable: same scale groups
+            self.ternary = make_ternary(torch.cat([p.t for p in parts]), torch.cat([p.scales for p in parts]), lib)
+            self.dense = None
+        elif ternary:  # different scale groups: fall back to per-block scales for all parts
+            scales = [p.scales.repeat_interleave(p.n_in // 256 // p.scales.shape[1], dim=1) for p in parts]
+            self.ternary, self.dense = make_ternary(torch.cat([p.t for p in parts]), torch.cat(scales), lib), None
+        else:
+            w = torch.cat([p.dense if p.dense is not None else _dequant(p) for p in parts])
+            self.ternary, self.dense = None, make_dense(w, lib)
+        # a BitLinear stored as plain floats still quantizes its input activations
+        self.fake_quant = self.dense is not None and use_bitlinear
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ternary is not None:
+            return ternary_matmul(x, self.ternary, self.bits, self.lib)
+        if self.fake_quant:
+            xq, scale = quantize_activations(x, self.bits)
+            x = xq.float() / scale
+        return dense_matmul(x, self.dense, self.lib)
+
+    def nbytes(self) -> int:
+        return (self.ternary or self.dense).nbytes()
+
+
+def _dequant(p: Projection) -> torch.Tensor:
+    g = p.scales.shape[1]
+    return (p.t.float().reshape(p.n_out, g, -1) * p.scales[..., None]).reshape(p.n_out, p.n_in)
+
+
+@dataclass
+class Layer:
+    attn_norm: torch.Tensor
+    attn_sub_norm: torch.Tensor
+    ffn_norm: torch.Tensor
+    ffn_sub_norm: torch.Tensor
+    qkv: Linear
+    o: Linear
+    gate_up: Linear
+    down: Linear
+    h_pre: torch.Tensor | None = None  # [n]
+    h_res: torch.Tensor | None = None  # [n, n]
+    h_post: torch.Tensor | None = None  # [n, 1]
+
+
+@dataclass
+class MTPHead:
+    norm_in: torch.Tensor
+    proj: Linear
+    norm_out: torch.Tensor
+
+
+RESCORE_TOP = 64  # logits recomputed exactly after the int8 head
+
+
+class Network:
+    def __init__(self, gm: GGUFModel, lib: ctypes.CDLL | None, exact_head: bool = False):
+        hp = self.hp = gm.hp
+        self.lib = lib
+        self.eps = hp.norm_eps
+        self.n_q, self.n_kv, self.hd = hp.n_heads, hp.n_kv_heads, hp.head_dim
+        # the embedding table doubles as the tied head: lookups use it as is; the head reads an
+        # int8 copy (half the bytes of F16; see head()), or the F16 table through the F16 kernel
+        # (float32 accumulation), or a float32 copy on the torch back-end
+        self.embed_table = gm.embed
+        self.head_i8 = make_int8(gm.embed) if lib is not None and not exact_head and hp.dim % 64 == 0 else None
+        self.head_weight = None if self.head_i8 is not None else make_dense(gm.embed, lib)
+        self.out_norm = gm.norms["output_norm.weight"]
+        self.cos, self.sin = rope_tables(hp.head_dim, hp.n_ctx, hp.rope_theta)
+        lin = lambda names: Linear([gm.projections[n] for n in names], hp.activation_bits, hp.use_bitlinear, lib)  # noqa: E731
+        perms = permutation_matrices(hp.n_streams) if hp.n_streams > 1 else None
+        self.layers: list[Layer] = []
+        for i in range(hp.n_layers):
+            b = f"blk.{i}."
+            layer = Layer(
+                gm.norms[b + "attn_norm.weight"], gm.norms[b + "attn_sub_norm.weight"], gm.norms[b + "ffn_norm.weight"],
+                gm.norms[b + "ffn_sub_norm.weight"], lin([b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]),
+                lin([b + "attn_output.weight"]), lin([b + "ffn_gate.weight", b + "ffn_up.weight"]), lin([b + "ffn_down.weight"]),
+            )
+            if perms is not None:  # mHC: H_pre = softmax, H_res = sum_k w_k P_k, H_post = 2 sigmoid
+                m = gm.mhc
+                layer.h_pre = torch.softmax(torch.from_numpy(m.pre_logits[i].copy()), dim=0)
+                layer.h_res = res_matrix(torch.from_numpy(m.res_logits[i].copy()), perms)
+                layer.h_post = (2 * torch.sigmoid(torch.from_numpy(m.post_logits[i].copy())))[:, None]
+            self.layers.append(layer)
+        self.mtp = [MTPHead(gm.norms[f"mtp.{k}.norm_in.weight"], lin([f"mtp.{k}.proj.weight"]), gm.norms[f"mtp.{k}.norm_out.weight"])
+                    for k in range(hp.n_mtp)]
+
+    def weight_bytes(self) -> dict:
+        """In-memory bytes of the projection weights and of the embedding/head."""
+        proj = sum(lin.nbytes() for L in self.layers for lin in (L.qkv, L.o, L.gate_up, L.down))
+        proj += sum(h.proj.nbytes() for h in self.mtp)
+        return {"projections": proj, "embedding": self.embed_table.numel() * self.embed_table.element_size()}
+
+    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), w, self.eps)
+
+    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """NEOX rotate-half RoPE (model/rope.py) on x [N, heads, hd] at positions pos [N]."""
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def _attention(self, i: int, L: Layer, x: torch.Tensor, pos: torch.Tensor, attend: Attend) -> torch.Tensor:
+        N = x.shape[0]
+        qkv = L.qkv(self._norm(x, L.attn_norm)).view(N, self.n_q + 2 * self.n_kv, self.hd)
+        qk = self._rope(qkv[:, : self.n_q + self.n_kv], pos)
+        y = attend(i, qk[:, : self.n_q], qk[:, self.n_q :], qkv[:, self.n_q + self.n_kv :])
+        return L.o(self._norm(y, L.attn_sub_norm))
+
+    def _ffn(self, L: Layer, x: torch.Tensor) -> torch.Tensor:
+        gate, up = L.gate_up(self._norm(x, L.ffn_norm)).split(L.gate_up.splits, dim=-1)
+        return L.down(self._norm(F.silu(gate) * up, L.ffn_sub_norm))
+
+    def trunk(self, ids: torch.Tensor, pos: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Token ids [N] at positions pos [N] -> trunk state z [N, D] (streams averaged, pre-norm)."""
+        x = self.embed_table[ids].float()
+        n = self.hp.n_streams
+        if n == 1:
+            for i, L in enumerate(self.layers):
+                x = x + self._attention(i, L, x, pos, attend)
+                x = x + self._ffn(L, x)
+            return x
+        X = x.unsqueeze(1).expand(-1, n, -1).contiguous()  # [N, n, D]: streams start as copies
+        for i, L in enumerate(self.layers):
+            h = torch.einsum("n,bnd->bd", L.h_pre, X)
+            a = self._attention(i, L, h, pos, attend)
+            f = self._ffn(L, h + a)
+            X = torch.einsum("mn,bnd->bmd", L.h_res, X) + L.h_post * (a + f).unsqueeze(1)
+        return X.mean(dim=1)
+
+    def tied_head(self, h: torch.Tensor) -> torch.Tensor:
+        """Normalised states [N, D] -> logits [N, V] = h @ E^T.
+
+        With the int8 copy of E, all logits are first computed approximately (per-row int8
+        weights, per-token int8 activations: error ~1% of the logits' spread), then the
+        RESCORE_TOP largest of each row are recomputed exactly in float32 from the F16 table.
+        So the tokens that greedy / top-k / top-p decoding can pick carry exact logits, and the
+        head reads 1 byte per weight instead of 2 (the head is the largest matrix of a small model)."""
+        if self.head_i8 is None:
+            return dense_matmul(h, self.head_weight, self.lib)
+        logits = int8_matmul(h, self.head_i8, self.lib)
+        top = logits.topk(min(RESCORE_TOP, logits.shape[1]), dim=-1).indices  # [N, k]
+        exact = torch.bmm(self.embed_table[top].float(), h.unsqueeze(-1)).squeeze(-1)
+        return logits.scatter_(1, top, exact)
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        """Trunk state [N, D] -> logits [N, V] (final norm, tied head)."""
+        return self.tied_head(self._norm(z, self.out_norm))
+
+    def mtp_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Trunk state [N, D] -> MTP logits [N, n_mtp, V]; head k predicts the token 2 + k ahead."""
+        outs = [self._norm(z + m.proj(self._norm(z, m.norm_in)), m.norm_out) for m in self.mtp]
+        h = torch.stack(outs, dim=1)  # [N, n_mtp, D]
+        return self.tied_head(h.reshape(-1, h.shape[-1])).reshape(h.shape[0], len(self.mtp), -1)

@@ -1,0 +1,100 @@
+"""Turning one step's logits into one token: temperature, top-k, top-p, repetition penalty.
+
+Why this module exists: the scheduler samples every request on its own (its own parameters and
+its own seeded generator), so a request with a `seed` produces the same text whether it ran
+alone or batched with others. Sampling draws exactly one uniform number per step from the
+request's generator and inverts the CDF in float64, so the random stream a request consumes
+does not depend on anything but its own step count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0  # 0 -> greedy (argmax)
+    top_k: int = 0  # 0 -> off
+    top_p: float = 1.0  # 1 -> off
+    repetition_penalty: float = 1.0  # 1 -> off
+    seed: int | None = None  # None -> a fresh random seed
+
+    def validate(self) -> "SamplingParams":
+        """Raise ConfigError naming the field when a value is out of range; return self."""
+
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"sampling parameter {name}={getattr(self, name)!r}: {rule}")
+
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
+            raise bad("temperature", "must be a finite number >= 0")
+        if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0):
+            raise bad("top_k", "must be an integer >= 0 (0 turns it off)")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise bad("top_p", "must be in (0, 1]")
+        rp = self.repetition_penalty
+        if not (isinstance(rp, (int, float)) and math.isfinite(rp) and rp > 0):
+            raise bad("repetition_penalty", "must be a finite number > 0")
+        if self.seed is not None and not (isinstance(self.seed, int) and not isinstance(self.seed, bool)):
+            raise bad("seed", "must be an integer or None")
+        return self
+
+
+def apply_repetition_penalty(logits: torch.Tensor, history: list[int], penalty: float) -> torch.Tensor:
+    """CTRL's penalty (https://arxiv.org/abs/1909.05858, sec. 4.1), as in HF transformers:
+    each token already seen has a positive logit divided by `penalty`, a negative one multiplied."""
+    if penalty == 1.0 or not history:
+        return logits
+    ids = torch.tensor(sorted(set(history)), dtype=torch.long)
+    ids = ids[ids < logits.shape[-1]]
+    seen = logits[ids]
+    logits = logits.clone()
+    logits[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits
+
+
+def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampling distribution after temperature, top-k and top-p (nucleus,
+    https://arxiv.org/abs/1904.09751): (probabilities in float64, their token ids), sorted by
+    decreasing probability, renormalised to sum to 1. Requires temperature > 0."""
+    scaled = logits.double() / params.temperature
+    probs, ids = torch.sort(torch.softmax(scaled, dim=-1), descending=True)
+    if params.top_k > 0:
+        probs, ids = probs[: params.top_k], ids[: params.top_k]
+    if params.top_p < 1.0:
+        # keep the smallest prefix whose mass reaches top_p: token i stays if the mass before it < top_p
+        before = torch.cumsum(probs, dim=0) - probs
+        keep = int((before < params.top_p).sum().item())
+        probs, ids = probs[: max(keep, 1)], ids[: max(keep, 1)]
+    return probs / probs.sum(), ids
+
+
+class Sampler:
+    """Samples tokens for one request; owns a torch.Generator seeded from `params.seed`."""
+
+    def __init__(self, params: SamplingParams):
+        self.params = params.validate()
+        self.generator = torch.Generator()
+        if params.seed is None:
+            self.generator.seed()  # non-deterministic seed from the OS
+        else:
+            # torch seeds must fit in 64 bits; fold any Python int (negative too) into range
+            self.generator.manual_seed(params.seed % (2**64))
+
+    def __call__(self, logits: torch.Tensor, history: list[int]) -> int:
+        """Next token id from float logits [vocab]; `history` is the prompt plus tokens so far."""
+        if logits.dim() != 1:
+            raise ValueError(f"Sampler expects logits of shape [vocab], got {tuple(logits.shape)}")
+        logits = apply_repetition_penalty(logits.float(), history, self.params.repetition_penalty)
+        if self.params.temperature == 0:
+            return int(torch.argmax(logits).item())
+        probs, ids = filtered_probs(logits, self.params)
+        # inverse-CDF sampling with one uniform draw per step (see the module docstring)
+        u = torch.rand((), generator=self.generator, dtype=torch.float64).item()
+        index = int(torch.searchsorted(torch.cumsum(probs, dim=0), torch.tensor([u], dtype=torch.float64), right=True).item())
+        return int(ids[min(index, ids.numel() - 1)].item())

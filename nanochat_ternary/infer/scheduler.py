@@ -1,0 +1,305 @@
+"""Continuous batching: many requests share one Engine through one background thread.
+
+Why this module exists: the Engine is not thread-safe and a batched decode step costs little
+more than a single one, so one thread owns the Engine and loops (Orca-style iteration-level
+scheduling, https://www.usenix.org/conference/osdi22/presentation/yu):
+
+1. drop cancelled sequences (their state, i.e. their KV cache, is freed with them);
+2. admit waiting requests into free slots (up to `max_batch`), prefill each, sample its first
+   token;
+3. one batched `engine.decode` for every active sequence, then sample each with its own Sampler.
+
+Each generated token becomes an `Event` pushed into the request's asyncio queue with
+`loop.call_soon_threadsafe`, so the HTTP layer just awaits its queue. Every request samples
+with its own seeded generator, so a `seed` reproduces its text however it was batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import NanochatError
+from .sampling import Sampler, SamplingParams
+from .stream import TextStream
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(NanochatError):
+    """The wait queue is full; the client should retry later (HTTP 429)."""
+
+
+@dataclass
+class GenerationRequest:
+    prompt: list[int]  # token ids, at least one
+    max_tokens: int  # >= 1
+    params: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)  # stop strings (excluded from the output)
+    ignore_eos: bool = False  # keep going through stop tokens (benchmarks want fixed lengths)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One generated token of one request; the last one has `finish_reason` set."""
+
+    index: int  # the caller's tag (the choice index for n > 1)
+    text: str  # text safe to emit now; may be "" (a partial character or a possible stop prefix)
+    tokens: int  # completion tokens generated so far
+    finish_reason: str | None = None  # "stop", "length" or "error"
+    error: str | None = None  # message when finish_reason == "error"
+    token_id: int = -1  # the token this event is for (-1 when none, e.g. an error)
+
+
+class RequestHandle:
+    """What `submit` returns: the event queue to await, and `cancel()` to give up the slot."""
+
+    def __init__(self, request: GenerationRequest, sampler: Sampler, queue: asyncio.Queue, loop: asyncio.AbstractEventLoop, index: int, scheduler: "Scheduler"):
+        self.request, self.sampler, self.queue, self.loop, self.index = request, sampler, queue, loop, index
+        self.cancelled = False
+        self.finished = False  # set by the scheduler thread before it delivers the last event
+        self._scheduler = scheduler
+
+    def cancel(self) -> None:
+        """Stop generating (client went away): removed from the wait queue now, or from the
+        batch at the scheduler's next iteration."""
+        self._scheduler._cancel(self)
+
+    def deliver(self, event: Event) -> None:
+        _deliver_batch(self.loop, [(self, event)])
+
+
+def _put_all(batch: list[tuple["RequestHandle", Event]]) -> None:
+    for handle, event in batch:
+        handle.queue.put_nowait(event)
+
+
+def _deliver_batch(loop: asyncio.AbstractEventLoop, batch: list[tuple[RequestHandle, Event]]) -> None:
+    """Hand events to an event loop in ONE thread-safe call (one wake-up per decode step, not
+    one per sequence: with many sequences the wake-ups would cost more than the decode)."""
+    try:
+        loop.call_soon_threadsafe(_put_all, batch)
+    except RuntimeError:  # the event loop is closed: nobody is listening any more
+        for handle, _ in batch:
+            handle.cancelled = True
+
+
+@dataclass
+class _Sequence:
+    handle: RequestHandle
+    state: Any  # the Engine's SeqState
+    sampler: Sampler
+    stream: TextStream
+    history: list[int]  # prompt + generated, for the repetition penalty
+    generated: int = 0
+    last_token: int = -1
+
+
+def _release(state: Any) -> None:
+    """Free a sequence's cache now, in the scheduler thread, rather than whenever it is collected."""
+    release = getattr(state, "release", None)
+    if release is not None:
+        release()
+
+
+class Scheduler:
+    """Owns an Engine in a background thread; see the module docstring."""
+
+    def __init__(self, engine: Any, max_batch: int = 8, max_queue: int = 64):
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
+        self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
+        tok = engine.tokenizer
+        self.stop_ids = {tok.eos_id, tok.im_end_id}
+        self._cond = threading.Condition()
+        self._waiting: deque[RequestHandle] = deque()
+        self._active: list[_Sequence] = []  # touched only by the scheduler thread
+        self._n_active = 0  # slots taken (admitted, not finished); guarded by _cond
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        # counters for /metrics (read without the lock: plain ints, written by one thread)
+        self.batch_size = 0  # size of the last decode step (0 when idle)
+        self.prompt_tokens_total = 0
+        self.generated_tokens_total = 0
+        self.decode_steps_total = 0
+        self.cancelled_total = 0
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, Event]]] = {}
+
+    # ---- public API ------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return self._n_active
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._waiting) + self._n_active
+
+    def start(self) -> "Scheduler":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="nanochat-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; requests still queued or running end with finish_reason "error"."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with self._cond:
+            leftovers = list(self._waiting) + [s.handle for s in self._active]
+            self._waiting.clear()
+            self._active.clear()
+            self._n_active = 0
+        for h in leftovers:
+            h.finished = True
+            h.deliver(Event(h.index, "", 0, "error", "the server is shutting down"))
+
+    def submit(self, request: GenerationRequest, queue: asyncio.Queue | None = None, index: int = 0) -> RequestHandle:
+        """Queue a request; call from a running event loop. Raises QueueFull when the wait queue
+        (`max_queue` beyond the free slots) is full, ValueError on an impossible request."""
+        if not request.prompt:
+            raise ValueError("the prompt must hold at least one token")
+        if request.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
+        sampler = Sampler(request.params)  # validates the parameters before queueing
+        loop = asyncio.get_running_loop()
+        handle = RequestHandle(request, sampler, queue if queue is not None else asyncio.Queue(), loop, index, self)
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            free = max(0, self.max_batch - self._n_active)
+            if len(self._waiting) >= self.max_queue + free:
+                raise QueueFull(f"too many requests: {self._n_active} running and {len(self._waiting)} waiting (max_queue={self.max_queue})")
+            self._waiting.append(handle)
+            self._cond.notify_all()
+        return handle
+
+    # ---- scheduler thread ------------------------------------------------------------------
+    def _cancel(self, handle: RequestHandle) -> None:
+        with self._cond:
+            if handle.cancelled or handle.finished:
+                return
+            handle.cancelled = True
+            self.cancelled_total += 1
+            try:
+                self._waiting.remove(handle)
+            except ValueError:
+                pass  # already admitted: the loop drops it at its next iteration
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        torch.set_flush_denormal(True)
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._active:
+                    self.batch_size = 0
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                admit: list[RequestHandle] = []
+                while self._waiting and self._n_active < self.max_batch:
+                    admit.append(self._waiting.popleft())
+                    self._n_active += 1
+            self._drop_cancelled()
+            for handle in admit:
+                self._admit(handle)
+            if self._active:
+                self._decode_step()
+            self._flush_outbox()
+
+    def _emit(self, handle: RequestHandle, event: Event) -> None:
+        self._outbox.setdefault(handle.loop, []).append((handle, event))
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for loop, batch in outbox.items():
+            _deliver_batch(loop, batch)
+
+    def _finish(self, seq: _Sequence | None, handle: RequestHandle, event: Event) -> None:
+        handle.finished = True
+        with self._cond:
+            if seq is not None and seq in self._active:
+                self._active.remove(seq)
+            self._n_active -= 1
+        if seq is not None:
+            _release(seq.state)
+        self._emit(handle, event)  # after freeing: a client that sees the end sees the slot free
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._active if s.handle.cancelled]:
+            with self._cond:
+                self._active.remove(seq)
+                self._n_active -= 1
+            _release(seq.state)
+
+    def _admit(self, handle: RequestHandle) -> None:
+        if handle.cancelled:
+            with self._cond:
+                self._n_active -= 1
+            return
+        req = handle.request
+        seq = _Sequence(handle, None, handle.sampler, TextStream(self.engine.tokenizer, req.stop), list(req.prompt))
+        try:
+            seq.state = self.engine.new_state()
+            logits = self.engine.prefill(seq.state, list(req.prompt))
+            self.prompt_tokens_total += len(req.prompt)
+            token = seq.sampler(logits, seq.history)
+        except Exception as e:  # an engine failure ends this request, not the server
+            log.exception("prefill failed")
+            if seq.state is not None:
+                _release(seq.state)
+            self._finish(None, handle, Event(handle.index, "", 0, "error", f"prefill failed: {e}"))
+            return
+        with self._cond:
+            self._active.append(seq)
+        self._on_token(seq, token)
+
+    def _decode_step(self) -> None:
+        batch = list(self._active)
+        self.batch_size = len(batch)
+        try:
+            logits = self.engine.decode([s.state for s in batch], [s.last_token for s in batch])
+        except Exception as e:
+            log.exception("decode failed")
+            for seq in batch:
+                self._finish(seq, seq.handle, Event(seq.handle.index, "", seq.generated, "error", f"decode failed: {e}"))
+            return
+        self.decode_steps_total += 1
+        for i, seq in enumerate(batch):
+            self._on_token(seq, seq.sampler(logits[i], seq.history))
+
+    def _on_token(self, seq: _Sequence, token: int) -> None:
+        """Account one sampled token: stream its text, and end the request when it is done."""
+        req, handle = seq.handle.request, seq.handle
+        seq.generated += 1
+        seq.history.append(token)
+        seq.last_token = token
+        self.generated_tokens_total += 1
+        finish = None
+        if token in self.stop_ids and not req.ignore_eos:
+            text, finish = seq.stream.flush(), "stop"
+        else:
+            text = seq.stream.push(token)
+            if seq.stream.stopped:
+                finish = "stop"
+            elif seq.generated >= req.max_tokens or seq.state.length >= self.engine.n_ctx:
+                # no room to feed this token back: the context is full
+                text, finish = text + seq.stream.flush(), "length"
+        if finish is None:
+            self._emit(handle, Event(handle.index, text, seq.generated, token_id=token))
+        else:
+            self._finish(seq, handle, Event(handle.index, text, seq.generated, finish, token_id=token))

@@ -1,0 +1,37 @@
+"""Grouped-query causal self-attention with RoPE and a sub-norm before the output projection.
+
+GQA (Ainslie et al., 2023, https://arxiv.org/abs/2305.13245): `num_kv_heads` key/value heads
+shared by groups of query heads. The RMSNorm on the attention output before `o_proj` is BitNet's
+SubLN (llama.cpp's `attn_sub_norm`): it keeps the input of a ternary projection well scaled.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .bitlinear import make_linear
+from .rope import apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        d = cfg.hidden_dim
+        self.q_proj = make_linear(d, self.n_head * self.head_dim, cfg)
+        self.k_proj = make_linear(d, self.n_kv * self.head_dim, cfg)
+        self.v_proj = make_linear(d, self.n_kv * self.head_dim, cfg)
+        self.sub_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.o_proj = make_linear(d, d, cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_head)
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.o_proj(self.sub_norm(y))

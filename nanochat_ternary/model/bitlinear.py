@@ -1,0 +1,80 @@
+"""BitLinear: ternary weights and low-bit activations, trained with a straight-through estimator.
+
+BitNet b1.58 (Ma et al., 2024, https://arxiv.org/abs/2402.17764). The optimizer keeps latent
+full-precision weights W. The forward pass uses
+
+    W_q = round_clip(W / s, -1, 1) * s,       s = mean(|W|)  (absmean; per tensor, or per row and
+                                                              group of `group_size` input columns)
+    x_q = round_clip(x * Q / a, -Q-1, Q) * a / Q,   a = max(|x|) per token, Q = 2^(bits-1) - 1
+
+and the backward pass treats both roundings as the identity (straight-through estimator,
+Bengio et al., 2013), written as `x + (q(x) - x).detach()`.
+
+Scales per row and group of 256 columns map one to one onto the fp16 block scale of GGUF's
+TQ2_0/TQ1_0 blocks, so export is exact up to fp16 rounding of the scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def weight_scale(w: torch.Tensor, group_size: int = 0, eps: float = 1e-5) -> torch.Tensor:
+    """Absmean scale, broadcastable to `w` ([out, in]): a scalar, or [out, in // group_size, 1]."""
+    if group_size:
+        out_f, in_f = w.shape
+        return w.detach().abs().reshape(out_f, in_f // group_size, group_size).mean(-1, keepdim=True).clamp_min(eps)
+    return w.detach().abs().mean().clamp_min(eps)
+
+
+def ternarize(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (t, scale) with t in {-1, 0, +1} (same dtype as w) and W_q = t * scale."""
+    scale = weight_scale(w, group_size)
+    if group_size:
+        out_f, in_f = w.shape
+        t = (w.reshape(out_f, in_f // group_size, group_size) / scale).round().clamp(-1, 1)
+        return t.reshape(out_f, in_f), scale
+    return (w / scale).round().clamp(-1, 1), scale
+
+
+def quantize_weight(w: torch.Tensor, group_size: int = 0) -> torch.Tensor:
+    """Ternary fake-quantisation of `w` (values t * scale), without gradient plumbing."""
+    t, scale = ternarize(w, group_size)
+    if group_size:
+        out_f, in_f = w.shape
+        return (t.reshape(out_f, in_f // group_size, group_size) * scale).reshape(out_f, in_f)
+    return t * scale
+
+
+def quantize_activation(x: torch.Tensor, bits: int = 8, eps: float = 1e-5) -> torch.Tensor:
+    """Per-token absmax fake-quantisation to signed `bits`-bit integers."""
+    q = 2 ** (bits - 1) - 1
+    scale = q / x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(eps)
+    return (x * scale).round().clamp(-q - 1, q) / scale
+
+
+class BitLinear(nn.Linear):
+    """A bias-free nn.Linear whose forward uses ternary weights and quantized activations."""
+
+    def __init__(self, in_features: int, out_features: int, activation_bits: int = 8, group_size: int = 0):
+        super().__init__(in_features, out_features, bias=False)
+        self.activation_bits = activation_bits
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w_q = w + (quantize_weight(w, self.group_size) - w).detach()  # STE
+        x_q = x + (quantize_activation(x, self.activation_bits) - x).detach()  # STE
+        return F.linear(x_q, w_q)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation_bits={self.activation_bits}, group_size={self.group_size}"
+
+
+def make_linear(in_features: int, out_features: int, cfg) -> nn.Linear:
+    """A BitLinear when the model is ternary (`cfg.use_bitlinear`), else a dense bias-free Linear."""
+    if cfg.use_bitlinear:
+        return BitLinear(in_features, out_features, cfg.activation_bits, cfg.group_size)
+    return nn.Linear(in_features, out_features, bias=False)

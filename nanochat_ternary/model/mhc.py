@@ -1,0 +1,106 @@
+"""mHC: manifold-constrained hyper-connections (residual routing over n streams).
+
+Hyper-connections (Zhu et al., 2024, https://arxiv.org/abs/2409.19606) widen the residual stream
+into n copies. mHC (DeepSeek, 2025, https://arxiv.org/abs/2512.24880) constrains the
+stream-mixing matrix H_res to the doubly stochastic matrices (the Birkhoff polytope), so the
+product of all layers' H_res can neither amplify nor vanish the signal: every row and column sum
+of a product of doubly stochastic matrices is exactly 1 ("composite gain" <= 1).
+
+The paper projects with Sinkhorn iterations; here H_res is built *exactly* doubly stochastic as a
+convex combination of the n! permutation matrices (Birkhoff–von Neumann):
+  n = 2: one logit, H_res = [[a, 1-a], [1-a, a]], a = sigmoid(logit);
+  n = 4: softmax over 24 logits, H_res = sum_k w_k P_k.
+Per block, with streams X [B, T, n, D] and the block's residual branch F:
+  x_in = sum_i H_pre[i] X_i            (H_pre = softmax(pre_logits), a convex combination)
+  X'_i = sum_j H_res[i, j] X_j + H_post[i] F(x_in)      (H_post = 2 sigmoid(post_logits))
+Init is near identity: H_post = 1 and H_res puts 0.9 on the identity, so a fresh model equals a
+plain residual network (all streams stay equal copies of the embedding). Equal copies are a
+symmetric point: if every block also read all streams alike, every stream would get the same
+gradient and they would never differ. As in hyper-connections' static init, block l therefore
+reads mostly from stream l mod n (H_pre weight ~0.88 for n = 2), which breaks the symmetry in
+the gradients without changing the function computed at init.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn as nn
+
+IDENTITY_WEIGHT = 0.9  # weight of the identity permutation in H_res at init
+PRE_LOGIT = 2.0  # H_pre logit of the stream a block reads from at init
+
+
+def permutation_matrices(n: int) -> torch.Tensor:
+    """All n! permutation matrices [n!, n, n]; index 0 is the identity."""
+    perms = list(itertools.permutations(range(n)))
+    mats = torch.zeros(len(perms), n, n)
+    for k, p in enumerate(perms):
+        mats[k, torch.arange(n), torch.tensor(p)] = 1.0
+    return mats
+
+
+def res_weights(res_logits: torch.Tensor, n: int) -> torch.Tensor:
+    """Convex weights over the n! permutations (n = 2 uses a single logit)."""
+    if n == 2:
+        a = torch.sigmoid(res_logits)
+        return torch.cat([a, 1 - a])
+    return torch.softmax(res_logits, dim=0)
+
+
+def res_matrix(res_logits: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+    """H_res [n, n] from the logits and the permutation matrices."""
+    n = perms.shape[-1]
+    return torch.einsum("k,kij->ij", res_weights(res_logits, n), perms)
+
+
+class MHC(nn.Module):
+    """The routing parameters of one block for n in {2, 4} streams (n = 1 needs none)."""
+
+    def __init__(self, n: int, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        if n not in (2, 4):
+            raise ValueError(f"mHC supports 2 or 4 streams here (n = 1 is the plain residual), got {n}")
+        self.n = n
+        self.register_buffer("perms", permutation_matrices(n), persistent=False)
+        n_perm = math.factorial(n)
+        ident = math.log(IDENTITY_WEIGHT * (n_perm - 1) / (1 - IDENTITY_WEIGHT))
+        res = torch.zeros(1 if n == 2 else n_perm)
+        res[0] = ident
+        self.res_logits = nn.Parameter(res)
+        pre = torch.zeros(n)
+        pre[layer_idx % n] = PRE_LOGIT
+        self.pre_logits = nn.Parameter(pre)
+        self.post_logits = nn.Parameter(torch.zeros(n))
+
+    def h_res(self) -> torch.Tensor:
+        return res_matrix(self.res_logits, self.perms)
+
+    def h_pre(self) -> torch.Tensor:
+        return torch.softmax(self.pre_logits, dim=0)
+
+    def h_post(self) -> torch.Tensor:
+        return 2 * torch.sigmoid(self.post_logits)
+
+    def read(self, streams: torch.Tensor) -> torch.Tensor:
+        """[B, T, n, D] -> the block input [B, T, D]."""
+        return torch.einsum("n,btnd->btd", self.h_pre().to(streams.dtype), streams)
+
+    def write(self, streams: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Mix the streams with H_res and add the block output with weights H_post."""
+        mixed = torch.einsum("mn,btnd->btmd", self.h_res().to(streams.dtype), streams)
+        return mixed + self.h_post().to(out.dtype)[:, None] * out.unsqueeze(2)
+
+
+def composite_gain(h_res_list: list[torch.Tensor]) -> float:
+    """Largest absolute row or column sum of the product of all H_res (1.0 for n = 1)."""
+    if not h_res_list:
+        return 1.0
+    prod = h_res_list[0].double()
+    for h in h_res_list[1:]:
+        prod = h.double() @ prod
+    a = prod.abs()
+    return float(max(a.sum(0).max(), a.sum(1).max()))

@@ -1,0 +1,109 @@
+"""`nanochat bench train`: training-step cost of BitLinear vs dense and of mHC n = 1, 2, 4.
+
+All variants are built up front and timed in interleaved rounds (A B C D, A B C D, ...), and the
+median step time of each is reported, so a noisy shared machine affects them alike; ratios are
+the figures to read, not the absolute times. A step is forward + backward + optimizer step on
+random tokens (the data loader is not part of what is compared).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+
+from ..config import Config
+from ..device import autocast, resolve_device, setup_device
+from ..model.gpt import GPT, count_params
+from .loss import compute_loss
+from .optim import build_optimizers
+
+VARIANTS = {
+    "bitlinear_n1": {"use_bitlinear": True, "mhc_n_streams": 1},
+    "dense_n1": {"use_bitlinear": False, "mhc_n_streams": 1},
+    "bitlinear_n2": {"use_bitlinear": True, "mhc_n_streams": 2},
+    "bitlinear_n4": {"use_bitlinear": True, "mhc_n_streams": 4},
+}
+
+
+def _rss_peak_reset() -> None:
+    try:  # Linux: writing 5 resets the peak RSS (VmHWM) of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _rss_kb(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, device: str | None = None,
+                batch_size: int | None = None, seq_length: int | None = None) -> dict:
+    dev = resolve_device(device or cfg.hardware.device)
+    setup_device(dev, cfg.hardware.num_threads)
+    B = batch_size or cfg.training.batch_size
+    T = seq_length or cfg.training.seq_length
+    runs = {}
+    for name, overrides in VARIANTS.items():
+        mcfg = copy.deepcopy(cfg.model)
+        for k, v in overrides.items():
+            setattr(mcfg, k, v)
+        model = GPT(mcfg)
+        model.init_weights(0)
+        model.to(dev).train()
+        opts = build_optimizers(model, cfg.training)
+        tokens = torch.randint(0, mcfg.vocab_size, (B, T + 1), generator=torch.Generator().manual_seed(0)).to(dev)
+        runs[name] = {"model": model, "opts": opts, "tokens": tokens, "times": [], "params": count_params(model)["total"]}
+
+    def step(run) -> None:
+        with autocast(dev, cfg.hardware.dtype):
+            loss, _ = compute_loss(run["model"], run["tokens"], cfg.training.entropy_weight,
+                                   cfg.training.mtp_weight if cfg.model.use_mtp else 0.0)
+        loss.backward()
+        for opt in run["opts"]:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for name, run in runs.items():  # warm up, and measure each variant's peak memory alone
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        _rss_peak_reset()
+        before = _rss_kb("VmRSS")
+        for _ in range(warmup):
+            step(run)
+        run["peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
+                          else max(_rss_kb("VmHWM") - before, 0) / 1024)
+    for _ in range(rounds):
+        for run in runs.values():
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                step(run)
+                run["times"].append(time.perf_counter() - t0)
+    out = {"device": str(dev), "threads": torch.get_num_threads(), "batch_size": B, "seq_length": T,
+           "config": cfg.source, "variants": {}}
+    for name, run in runs.items():
+        st = statistics.median(run["times"])
+        out["variants"][name] = {"params": run["params"], "step_time_s": round(st, 5),
+                                 "tokens_per_sec": round(B * T / st, 1), "steps_per_min": round(60 / st, 1),
+                                 "peak_memory_mb": round(run["peak_mb"], 1)}
+    v = out["variants"]
+    base = v["bitlinear_n1"]["step_time_s"]
+    out["ratios"] = {
+        "bitlinear_vs_dense": round(base / v["dense_n1"]["step_time_s"], 3),
+        "mhc_n2_vs_n1": round(v["bitlinear_n2"]["step_time_s"] / base, 3),
+        "mhc_n4_vs_n1": round(v["bitlinear_n4"]["step_time_s"] / base, 3),
+    }
+    out["targets"] = {"bitlinear_vs_dense": 1.3, "mhc_n2_vs_n1": 1.03, "mhc_n4_vs_n1": 1.06}
+    return out

@@ -1,0 +1,111 @@
+"""Muon: momentum SGD whose update is orthogonalised by a Newton–Schulz iteration.
+
+Muon (Keller Jordan, 2024, https://kellerjordan.github.io/posts/muon/) trains the hidden weight
+matrices. Each step keeps an exponential momentum buffer, takes the Nesterov look-ahead of it,
+and replaces that update G by (approximately) U V^T from its SVD G = U S V^T: every singular
+value is pushed towards 1, so all directions of the matrix move at the same rate. The
+orthogonalisation is a quintic Newton–Schulz iteration whose coefficients were tuned to push
+small singular values up fast; it does not converge to exactly 1 but leaves them roughly in
+[0.7, 1.2], which is all the method needs.
+
+Only 2-D parameters are accepted; embeddings, norms, biases and gates go to Lion (see optim.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+# Quintic coefficients from the Muon reference implementation: they maximise the slope at 0
+# (so tiny singular values grow fast) while keeping the iteration bounded near 1.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g: Tensor, steps: int = 5) -> Tensor:
+    """Approximately orthogonalise a 2-D matrix (the zeroth power U V^T of its SVD).
+
+    Runs in bf16 on CUDA (fast, and the iteration tolerates it) and fp32 elsewhere. The input
+    is normalised by its Frobenius norm first so that every singular value is <= 1, and a tall
+    matrix is transposed so that X @ X^T is the smaller Gram matrix.
+    """
+    if g.ndim != 2:
+        raise ValueError(f"newton_schulz expects a 2-D matrix, got shape {tuple(g.shape)}")
+    a, b, c = NS_COEFFS
+    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.mT
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + poly @ x
+    return x.mT if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D parameters: Nesterov momentum, Newton–Schulz orthogonalised update.
+
+    The step is `p -= lr * max(1, rows/cols)**0.5 * NS(g + momentum look-ahead)`, with decoupled
+    weight decay `p *= 1 - lr * weight_decay` applied first. The shape factor keeps the RMS of
+    the update comparable for tall matrices (whose orthogonalised update has smaller entries).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"Muon: learning rate must be >= 0, got {lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
+        if ns_steps < 1:
+            raise ValueError(f"Muon: ns_steps must be >= 1, got {ns_steps}")
+        if weight_decay < 0:
+            raise ValueError(f"Muon: weight_decay must be >= 0, got {weight_decay}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            if p.ndim != 2:
+                raise ValueError(
+                    f"Muon only optimises 2-D parameters, got one of shape {tuple(p.shape)}; "
+                    "give embeddings, norms, biases and other tensors to Lion"
+                )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("Muon does not support sparse gradients")
+                g = p.grad
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(g, 1 - beta)  # buf = beta * buf + (1 - beta) * g
+                # Nesterov: look one step ahead along the momentum, without touching p.grad.
+                update = g.lerp(buf, beta) if group["nesterov"] else buf
+                ortho = newton_schulz(update, group["ns_steps"])
+                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                if wd:
+                    p.mul_(1 - lr * wd)
+                p.add_(ortho.to(p.dtype), alpha=-lr * scale)
+        return loss

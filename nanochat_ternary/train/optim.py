@@ -1,0 +1,95 @@
+"""Split a model's parameters between Muon and Lion, and drive their learning rates.
+
+Muon's orthogonalised update only makes sense for the hidden weight matrices (the projections
+of attention and FFN, BitLinear's latent weights). Everything else, the embedding (tied with the
+LM head), the norms, the mHC logits, biases and gates, goes to Lion at `lion_lr_mult` times the
+learning rate (DESIGN.md section 3). Every param group records its base learning rate as
+`initial_lr`, so the training loop scales all groups with one schedule multiplier (`set_lr`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import TrainingConfig
+from ..errors import NotSupportedError
+from .lion import Lion
+from .muon import Muon
+
+# A 2-D parameter whose name contains one of these is an input/output matrix, not a hidden one:
+# Muon's reference setup leaves the embedding and the LM head to an element-wise optimizer.
+NON_MUON_NAME_KEYS = ("embed", "lm_head")
+
+
+def is_muon_param(name: str, param: torch.Tensor, embedding_params: set[int] | None = None) -> bool:
+    """True for a hidden weight matrix: 2-D, not an embedding / LM head (by name or module)."""
+    if param.ndim != 2:
+        return False
+    if any(key in name for key in NON_MUON_NAME_KEYS):
+        return False
+    return embedding_params is None or id(param) not in embedding_params
+
+
+def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(muon_params, lion_params) over the trainable parameters, each appearing once.
+
+    `named_parameters()` already yields a tied (shared) parameter once. Weights of nn.Embedding
+    modules go to Lion whatever they are called.
+    """
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    muon, lion = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (muon if is_muon_param(name, p, embedding_params) else lion).append(p)
+    return muon, lion
+
+
+def build_optimizers(model: nn.Module, tcfg: TrainingConfig) -> list[torch.optim.Optimizer]:
+    """[Muon(hidden matrices), Lion(everything else)]; an empty side is left out of the list."""
+    if tcfg.use_8bit_optim:
+        raise NotSupportedError("training.use_8bit_optim (8-bit optimizer states) is not supported yet")
+    muon_params, lion_params = split_params(model)
+    optimizers: list[torch.optim.Optimizer] = []
+    if muon_params:
+        lr = tcfg.learning_rate
+        optimizers.append(
+            Muon(
+                [{"params": muon_params, "initial_lr": lr}],
+                lr=lr,
+                momentum=tcfg.muon_momentum,
+                weight_decay=tcfg.weight_decay,
+            )
+        )
+    if lion_params:
+        lr = tcfg.learning_rate * tcfg.lion_lr_mult
+        optimizers.append(
+            Lion(
+                [{"params": lion_params, "initial_lr": lr}],
+                lr=lr,
+                betas=tuple(tcfg.lion_betas),
+                weight_decay=tcfg.lion_weight_decay,
+            )
+        )
+    return optimizers
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
+    """Set every group's lr to its `initial_lr` times `multiplier` (the schedule's value)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if "initial_lr" not in group:
+                raise KeyError("set_lr: a param group has no 'initial_lr'; build optimizers with build_optimizers")
+            group["lr"] = group["initial_lr"] * multiplier
+
+
+def optimizer_state_bytes(optimizers: list[torch.optim.Optimizer]) -> int:
+    """Bytes held by all optimizer state tensors (momentum buffers and the like)."""
+    total = 0
+    for opt in optimizers:
+        for state in opt.state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    total += value.numel() * value.element_size()
+    return total

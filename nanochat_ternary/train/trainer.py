@@ -1,0 +1,180 @@
+"""The training loop: WSD schedule, clipping, NaN guard, logging, checkpoints, exact resume.
+
+One function, `train`, in the style of nanochat/torchtitan: everything a step does is visible
+here. The data position, model, optimizer states and RNG states are all in the checkpoint, so a
+resumed run continues bit for bit (CPU, fixed threads) where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import Config, config_from_dict, require_supported
+from ..data.loader import TokenLoader
+from ..device import autocast, resolve_device, setup_device
+from ..errors import NanochatError
+from ..model.gpt import GPT, count_params
+from .checkpoint import load_checkpoint, prune_checkpoints, rng_state, save_checkpoint, set_rng_state
+from .data_source import resolve_data
+from .loss import compute_loss
+from .optim import build_optimizers, set_lr
+from .schedule import lr_multiplier
+from .tb_logger import TrainLogger
+
+
+class TrainingDiverged(NanochatError):
+    """Too many consecutive non-finite losses or gradients."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    losses: dict[int, float] = field(default_factory=dict)  # step -> total loss (steps run here)
+    tokens_per_sec: float = 0.0
+    wall_time: float = 0.0
+    skipped_steps: int = 0
+    checkpoint: Path | None = None
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def train(
+    cfg: Config,
+    data: str = "synthetic",
+    run_dir: str | Path = "runs/default",
+    steps: int | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    keep_checkpoints: int = 3,
+    quiet: bool = False,
+) -> TrainResult:
+    run_dir = Path(run_dir)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        cfg = config_from_dict(ckpt.meta["config"], source=f"{ckpt.path}/meta.json")
+    if steps is not None:
+        cfg.training.total_steps = steps
+    require_supported(cfg)
+    m, t = cfg.model, cfg.training
+    dev = resolve_device(device or cfg.hardware.device)
+    setup_device(dev, cfg.hardware.num_threads)
+    torch.manual_seed(t.seed)
+
+    data_dir = Path(ckpt.meta["data_dir"]) if ckpt else resolve_data(data, m.vocab_size, t.seed, quiet=quiet)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "tokenizer.json").exists():
+        shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
+
+    model = GPT(m)
+    model.init_weights(t.seed)
+    model.to(dev)
+    model.gradient_checkpointing = t.gradient_checkpointing
+    optimizers = build_optimizers(model, t)
+    loader = TokenLoader(
+        data_dir / "train", t.batch_size, t.seq_length, seed=t.seed,
+        num_workers=t.num_workers if t.use_async_loader else 0,
+        prefetch_batches=t.prefetch_batches if t.use_async_loader else 0,
+    )
+    start_step, bad_total = 0, 0
+    if ckpt:
+        model.load_state_dict(ckpt.model_state)
+        for opt, state in zip(optimizers, ckpt.optim_states or []):
+            opt.load_state_dict(state)
+        loader.load_state_dict(ckpt.meta["data"])
+        start_step = int(ckpt.meta["step"])
+        bad_total = int(ckpt.meta.get("skipped_steps", 0))
+        set_rng_state(ckpt.meta["rng"])
+    if not quiet:
+        counts = count_params(model)
+        print(f"model: {counts['total'] / 1e6:.2f}M params ({counts['non_embedding'] / 1e6:.2f}M non-embedding), "
+              f"device {dev}, run dir {run_dir}" + (f", resuming at step {start_step}" if ckpt else ""), flush=True)
+
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    logger = TrainLogger(run_dir, enabled=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    tokens_per_step = t.batch_size * t.seq_length
+    result = TrainResult(run_dir=run_dir, steps=start_step, skipped_steps=bad_total)
+    bad_in_a_row = 0
+    t0 = time.perf_counter()
+    last_log_time, last_log_step = t0, start_step
+
+    def checkpoint(step: int) -> Path:
+        meta = {"config": cfg.to_dict(), "step": step, "data": loader.state_dict(), "rng": rng_state(),
+                "data_dir": str(data_dir.resolve()), "skipped_steps": bad_total, "tokens_seen": step * tokens_per_step}
+        path = save_checkpoint(run_dir, step, model, optimizers, meta)
+        prune_checkpoints(run_dir, keep_checkpoints)
+        return path
+
+    try:
+        model.train()
+        for step in range(start_step, t.total_steps):
+            set_lr(optimizers, lr_multiplier(step, t.total_steps, t.warmup_steps, t.schedule_type, t.stable_ratio, t.min_lr_ratio))
+            tokens = loader.next_batch().to(dev, non_blocking=True)
+            with autocast(dev, cfg.hardware.dtype):
+                loss, parts = compute_loss(model, tokens, t.entropy_weight, t.mtp_weight if m.use_mtp else 0.0)
+            ok = bool(torch.isfinite(loss))
+            grad_norm = float("nan")
+            if ok:
+                loss.backward()
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.grad_clip))
+                ok = math.isfinite(grad_norm)
+            if ok:
+                for opt in optimizers:
+                    opt.step()
+                bad_in_a_row = 0
+            else:  # NaN/Inf guard: skip the update, count it, stop if it persists
+                bad_in_a_row += 1
+                bad_total += 1
+                if bad_in_a_row >= t.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{bad_in_a_row} consecutive steps with a non-finite loss or gradient (at step {step}); "
+                        f"stopped. The last good checkpoint is kept in {run_dir / 'checkpoints'}. "
+                        "Try a lower learning rate, more warmup steps, or a smaller entropy weight.")
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            done = step + 1
+            loss_value = float(parts["total"])
+            result.losses[step] = loss_value
+            result.steps = done
+
+            if done % t.log_interval == 0 or done == t.total_steps:
+                now = time.perf_counter()
+                tps = (done - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9)
+                last_log_time, last_log_step = now, done
+                lr = optimizers[0].param_groups[0]["lr"]
+                logger.log(done, {f"loss/{k}": float(v) for k, v in parts.items()} | {
+                    "lr": lr, "grad_norm": grad_norm, "throughput/tokens_per_sec": tps,
+                    "mhc/composite_gain": model.mhc_composite_gain(), "train/skipped_steps": bad_total})
+                if not quiet:
+                    eta = (t.total_steps - done) * (now - t0) / max(done - start_step, 1)
+                    print(f"step {done:>6}/{t.total_steps} | loss {loss_value:.4f} | ce {float(parts['ce']):.4f} | "
+                          f"lr {lr:.2e} | gnorm {grad_norm:.3f} | {tps:,.0f} tok/s | ETA {_format_eta(eta)}", flush=True)
+            if done % t.checkpoint_interval == 0 and done != t.total_steps and bad_in_a_row == 0:
+                result.checkpoint = checkpoint(done)
+        if (result.steps > start_step or ckpt is None) and bad_in_a_row == 0:
+            result.checkpoint = checkpoint(result.steps)
+    finally:
+        loader.close()
+        logger.close()
+    result.wall_time = time.perf_counter() - t0
+    result.skipped_steps = bad_total
+    ran = result.steps - start_step
+    result.tokens_per_sec = ran * tokens_per_step / max(result.wall_time, 1e-9)
+    if not quiet:
+        print(f"done: {ran} steps in {result.wall_time:.1f}s ({result.tokens_per_sec:,.0f} tok/s); "
+              f"checkpoint {result.checkpoint}; TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}", flush=True)
+    return result

@@ -1,0 +1,112 @@
+"""llama.cpp interop: our `bitnet` GGUF must run in llama.cpp and agree with the PyTorch model.
+
+Skipped when llama-cpp-python is not installed (it is an optional, source-built dependency).
+Differences that remain by design: llama.cpp quantizes activations to int8 per block of 256
+(Q8_K) where we use one absmax scale per token, and it keeps the embedding in F16; both are
+small next to the ternary weights, which are bit-exact.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import make_tiny_model
+
+from nanochat_ternary.data.synthetic import generate_programs
+from nanochat_ternary.export.gguf_export import export_model
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+PROMPTS = [
+    "fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n",
+    "pub struct Point {\n    x: f64,\n    y: f64,\n}\n\nimpl Point {\n    fn norm(&self) -> f64 {\n",
+    "let total: u64 = values.iter().filter(|v| **v > 3).map(|v| v * 2).sum();\n",
+    "#[cfg(test)]\nmod tests {\n    use super::*;\n\n    #[test]\n    fn test_count() {\n        assert_eq!(count(&[1, 2, 3]), 3);\n",
+]
+TOKENIZER_CHECKS = PROMPTS + [
+    "    \n\n\t\t  trailing   \n", "numbers 1234567 0xFF_u8 1e-9 3.14159", "it's don't WE'LL 's",
+    "// ünïcödé 日本語 🦀\nlet s = \"héllo\";", "<|im_start|>user\nhi<|im_end|>\n",
+]
+
+
+def briefly_train(model, tok, steps: int = 60, seq: int = 128, batch: int = 8):
+    """A few AdamW steps on synthetic programs, so the logits are peaked like a real model's."""
+    ids = []
+    for text in generate_programs(400, seed=1):
+        ids += [tok.eos_id] + tok.encode(text)
+    data = torch.tensor(ids)
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
+        x = torch.stack([data[s: s + seq] for s in starts])
+        y = torch.stack([data[s + 1: s + seq + 1] for s in starts])
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), float(loss)
+
+
+def llama_logits(llm, ids: list[int]) -> np.ndarray:
+    """Logits [T, V] from llama.cpp, feeding the prompt one token at a time (KV cache path)."""
+    llm.reset()
+    for t in ids:
+        llm.eval([t])
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def compare(model, tok, path) -> tuple[float, float]:
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_threads=2, vocab_only=False,
+                          n_ctx=256, n_batch=64, verbose=False)
+    agree, ours_all, theirs_all = [], [], []
+    with torch.no_grad():
+        for text in PROMPTS:
+            ids = [tok.bos_id] + tok.encode(text)
+            ours = model(torch.tensor([ids]))[0].numpy()
+            theirs = llama_logits(llm, ids)
+            assert theirs.shape == ours.shape
+            agree += list(ours.argmax(-1) == theirs.argmax(-1))
+            ours_all.append(ours.ravel())
+            theirs_all.append(theirs.ravel())
+    corr = float(np.corrcoef(np.concatenate(ours_all), np.concatenate(theirs_all))[0, 1])
+    return float(np.mean(agree)), corr
+
+
+@pytest.fixture(scope="module")
+def random_model_gguf(tmp_path_factory):
+    torch.set_flush_denormal(True)
+    model, tok = make_tiny_model()
+    path = tmp_path_factory.mktemp("llama") / "random.gguf"
+    export_model(model, tok, path, None)
+    return model, tok, path
+
+
+def test_llama_cpp_matches_random_model(random_model_gguf):
+    model, tok, path = random_model_gguf
+    agreement, corr = compare(model, tok, path)
+    print(f"random init: argmax agreement {agreement:.3f}, logits correlation {corr:.5f}")
+    assert agreement >= 0.95 and corr >= 0.99
+
+
+@pytest.mark.parametrize("quant", ["tq2_0", "tq1_0"])
+def test_llama_cpp_matches_trained_model(tmp_path, quant):
+    model, tok = make_tiny_model(seed=3)
+    model, loss = briefly_train(model, tok)
+    assert loss < 4.0  # it learned something (ln 512 = 6.2)
+    path = tmp_path / "trained.gguf"
+    export_model(model, tok, path, None, quant=quant)
+    agreement, corr = compare(model, tok, path)
+    print(f"trained ({quant}, loss {loss:.2f}): argmax agreement {agreement:.3f}, logits correlation {corr:.5f}")
+    assert agreement >= 0.95 and corr >= 0.99
+
+
+def test_llama_cpp_tokenizes_like_us(random_model_gguf):
+    _, tok, path = random_model_gguf
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for text in TOKENIZER_CHECKS:
+        theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        assert theirs == tok.encode(text), text
+        assert llm.detokenize(theirs) == text.encode("utf-8")
+    assert llm.token_bos() == 0 and llm.token_eos() == 0

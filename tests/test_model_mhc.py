@@ -1,0 +1,103 @@
+"""mHC: doubly stochastic H_res by construction, composite gain <= 1, n = 1 is a plain residual."""
+
+import pytest
+import torch
+
+from nanochat_ternary.config import ModelConfig
+from nanochat_ternary.model.gpt import GPT, Block
+from nanochat_ternary.model.mhc import MHC, composite_gain, permutation_matrices, res_matrix, res_weights
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_h_res_doubly_stochastic_for_random_parameters(n):
+    gen = torch.Generator().manual_seed(n)
+    perms = permutation_matrices(n)
+    for _ in range(50):
+        logits = torch.randn(1 if n == 2 else 24, generator=gen) * 5
+        h = res_matrix(logits, perms)
+        assert (h >= 0).all()
+        assert torch.allclose(h.sum(0), torch.ones(n), atol=1e-6)
+        assert torch.allclose(h.sum(1), torch.ones(n), atol=1e-6)
+
+
+def test_permutations_are_distinct_and_identity_first():
+    p = permutation_matrices(4)
+    assert p.shape == (24, 4, 4)
+    assert torch.equal(p[0], torch.eye(4))
+    assert len({tuple(m.flatten().tolist()) for m in p}) == 24
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_composite_gain_over_28_random_layers(n):
+    torch.manual_seed(0)
+    mats = []
+    for _ in range(28):
+        m = MHC(n)
+        with torch.no_grad():
+            m.res_logits.normal_(0, 3)
+        mats.append(m.h_res())
+    gain = composite_gain(mats)
+    assert gain <= 1 + 1e-6
+    assert gain >= 1 - 1e-4  # products of doubly stochastic matrices keep sums at exactly 1
+
+
+def test_near_identity_init():
+    m = MHC(4)
+    assert abs(float(res_weights(m.res_logits, 4)[0]) - 0.9) < 1e-5  # identity permutation
+    assert abs(float(res_weights(MHC(2).res_logits, 2)[0]) - 0.9) < 1e-5
+    assert torch.diag(m.h_res()).min() > 0.9
+    assert torch.allclose(m.h_pre().sum(), torch.tensor(1.0)) and int(m.h_pre().argmax()) == 0
+    assert int(MHC(4, layer_idx=5).h_pre().argmax()) == 1  # block l reads mostly from stream l mod n
+    assert torch.allclose(m.h_post(), torch.ones(4))
+
+
+def _tiny(**kw):
+    base = dict(vocab_size=300, hidden_dim=256, num_layers=2, num_heads=4, num_kv_heads=2, ffn_mult=1.0, max_seq_len=64)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_n1_is_exactly_the_plain_residual():
+    torch.manual_seed(0)
+    cfg = _tiny(mhc_n_streams=1)
+    block = Block(cfg)
+    assert block.mhc is None
+    x = torch.randn(2, 8, 256)
+    cos, sin = GPT(cfg).rope_cos[:8], GPT(cfg).rope_sin[:8]
+    h = x + block.attn(block.attn_norm(x), cos, sin)
+    expected = h + block.ffn(block.ffn_norm(h))
+    assert torch.equal(block(x, cos, sin), expected)
+
+
+def test_fresh_multi_stream_model_equals_single_stream():
+    """At init every stream is the same copy, so n = 2 and n = 4 compute the plain residual network.
+    (Dense weights: with BitLinear, float rounding of the stream mix can flip an int8 activation level.)"""
+    torch.manual_seed(0)
+    m1 = GPT(_tiny(mhc_n_streams=1, use_bitlinear=False))
+    m1.init_weights(0)
+    idx = torch.randint(0, 300, (2, 16))
+    for n in (2, 4):
+        mn = GPT(_tiny(mhc_n_streams=n, use_bitlinear=False))
+        mn.init_weights(0)
+        missing, unexpected = mn.load_state_dict(m1.state_dict(), strict=False)
+        assert not unexpected and all("mhc" in k for k in missing)
+        assert torch.allclose(mn(idx), m1(idx), atol=1e-4)
+
+
+def test_streams_diverge_and_all_mhc_parameters_learn():
+    """From the symmetric init (equal streams), training must break the symmetry: after a few
+    optimizer steps every mHC parameter, H_res included, receives a gradient."""
+    torch.manual_seed(0)
+    model = GPT(_tiny(mhc_n_streams=4))
+    model.init_weights(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    idx = torch.randint(0, 300, (2, 8))
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten()).backward()
+        opt.step()
+    for b in model.blocks:
+        assert b.mhc.res_logits.grad.abs().sum() > 0
+        assert b.mhc.pre_logits.grad.abs().sum() > 0
+        assert b.mhc.post_logits.grad.abs().sum() > 0
+    assert model.mhc_composite_gain() <= 1 + 1e-6

@@ -1,0 +1,89 @@
+"""`nanochat serve` (a real subprocess on a loopback port) and `nanochat bench serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+from helpers import make_tiny_gguf
+
+from nanochat_ternary.cli import main
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory):
+    torch.set_flush_denormal(True)
+    path, mhc, _ = make_tiny_gguf(tmp_path_factory.mktemp("serve_cli"), mhc_n_streams=2)
+    return ["--model", str(path), "--mhc", str(mhc)]  # an mHC model, to cover --mhc too
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_subprocess_with_env_api_key(gguf):
+    port = _free_port()
+    env = {**os.environ, "NANOCHAT_API_KEY": "env-key"}
+    proc = subprocess.Popen([sys.executable, "-m", "nanochat_ternary.cli", "serve", *gguf, "--port", str(port),
+                             "--max-batch", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.1)
+        assert httpx.get(url + "/v1/models").status_code == 401
+        models = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer env-key"}).json()
+        name = models["data"][0]["id"]
+        r = httpx.post(url + "/v1/completions", headers={"Authorization": "Bearer env-key"}, timeout=30,
+                       json={"model": name, "prompt": "fn main", "max_tokens": 5, "ignore_eos": True})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert f"http://127.0.0.1:{port}" in out
+
+
+def test_bench_serve_prints_json(gguf, capsys):
+    rc = main(["bench", "serve", *gguf, "--clients", "2,1", "--max-tokens", "6", "--requests-per-client", "2"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [lv["clients"] for lv in report["levels"]] == [1, 2]
+    for lv in report["levels"]:
+        assert lv["requests"] == 2 * lv["clients"]
+        assert lv["generated_tokens"] == 6 * lv["requests"]  # ignore_eos: every request runs to max_tokens
+        assert lv["tokens_per_s"] > 0 and lv["ttft_p50_ms"] > 0 and lv["tpot_p99_ms"] >= lv["tpot_p50_ms"] > 0
+    assert report["throughput_ratio_2_to_1"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["serve", "--model", "/nonexistent/m.gguf"], "--model: file not found"),
+        (["bench", "serve", "--model", "/nonexistent/m.gguf"], "--model: file not found"),
+        (["bench", "serve", "--model", "x.gguf", "--clients", "1,x"], "--clients"),
+        (["bench", "serve", "--model", "x.gguf", "--clients", "0"], "--clients"),
+        (["serve", "--model", "x.gguf", "--port", "70000"], "--port"),
+        (["serve", "--model", "x.gguf", "--max-queue", "-1"], "--max-queue"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

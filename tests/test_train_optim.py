@@ -1,0 +1,172 @@
+"""Muon, Lion and the Muon/Lion parameter split (nanochat_ternary/train/{muon,lion,optim}.py)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from nanochat_ternary.config import TrainingConfig
+from nanochat_ternary.errors import NotSupportedError
+from nanochat_ternary.train.lion import Lion
+from nanochat_ternary.train.muon import Muon, newton_schulz
+from nanochat_ternary.train.optim import build_optimizers, optimizer_state_bytes, set_lr
+
+torch.set_flush_denormal(True)
+
+
+@pytest.mark.parametrize("shape", [(32, 64), (64, 32), (48, 48), (8, 128)])
+def test_newton_schulz_singular_values_near_one(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    x = newton_schulz(g, steps=5)
+    assert x.dtype == torch.float32 and x.shape == g.shape
+    s = torch.linalg.svdvals(x)
+    # The tuned quintic leaves singular values roughly in [0.68, 1.2], by design.
+    assert s.min() > 0.6 and s.max() < 1.3, (s.min(), s.max())
+    # ...with the singular vectors of g: close to U V^T.
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    cos = (x * (u @ vh)).sum() / (x.norm() * (u @ vh).norm())
+    assert cos > 0.98
+
+
+def test_newton_schulz_rejects_non_matrix():
+    with pytest.raises(ValueError):
+        newton_schulz(torch.randn(3, 4, 5))
+
+
+def test_muon_first_step_matches_formula():
+    torch.manual_seed(1)
+    p = nn.Parameter(torch.randn(12, 4))  # tall: lr scaled by sqrt(12 / 4)
+    p0 = p.detach().clone()
+    g = torch.randn(12, 4)
+    p.grad = g.clone()
+    Muon([p], lr=0.1, momentum=0.9, weight_decay=0.5).step()
+    # buf = 0.1 g; nesterov update = 0.1 g + 0.9 * 0.1 g, a multiple of g, and NS is scale-free.
+    expected = p0 * (1 - 0.1 * 0.5) - 0.1 * 3**0.5 * newton_schulz(g)
+    torch.testing.assert_close(p.detach(), expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(p.grad, g)  # the gradient is not modified in place
+
+
+def test_muon_reduces_least_squares_loss():
+    gen = torch.Generator().manual_seed(2)
+    x, w_true = torch.randn(64, 32, generator=gen), torch.randn(16, 32, generator=gen)
+    y = x @ w_true.T
+    w = nn.Parameter(torch.zeros(16, 32))
+    opt = Muon([w], lr=0.2)
+
+    def loss_fn():
+        return ((x @ w.T - y) ** 2).mean()
+
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert loss_fn().item() < losses[0]
+    assert losses[1] < losses[0]  # one step already helps
+    assert loss_fn().item() < 0.5 * losses[0]
+
+
+def test_muon_rejects_non_2d_params():
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([nn.Parameter(torch.zeros(5))], lr=0.01)
+    opt = Muon([nn.Parameter(torch.zeros(2, 2))], lr=0.01)
+    with pytest.raises(ValueError, match="2-D"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2, 2, 2))]})
+
+
+@pytest.mark.parametrize("make", [lambda ps: Muon(ps, lr=0.02, weight_decay=0.1),
+                                  lambda ps: Lion(ps, lr=0.01, weight_decay=0.1)])
+def test_state_dict_round_trip_gives_identical_steps(make):
+    torch.manual_seed(3)
+    params = [nn.Parameter(torch.randn(6, 10)), nn.Parameter(torch.randn(10, 6))]
+    opt = make(params)
+    grads = [[torch.randn_like(p) for p in params] for _ in range(4)]
+    for step in range(2):
+        for p, g in zip(params, grads[step]):
+            p.grad = g.clone()
+        opt.step()
+    clone = [nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = make(clone)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for step in range(2, 4):
+        for a, b, g in zip(params, clone, grads[step]):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        opt2.step()
+    for a, b in zip(params, clone):
+        assert torch.equal(a, b)
+
+
+def test_lion_two_steps_by_hand():
+    p = nn.Parameter(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    lr, b1, b2, wd = 0.1, 0.9, 0.99, 0.2
+    opt = Lion([p], lr=lr, betas=(b1, b2), weight_decay=wd)
+    g1 = torch.tensor([0.5, -1.0, 0.0, 2.0])
+    g2 = torch.tensor([-3.0, 0.2, 1.0, -0.1])
+    w, m = p.detach().clone(), torch.zeros(4)
+    for g in (g1, g2):
+        p.grad = g
+        opt.step()
+        c = b1 * m + (1 - b1) * g
+        w = w * (1 - lr * wd) - lr * torch.sign(c)
+        m = b2 * m + (1 - b2) * g
+    # Step 2 by hand: m = 0.01 g1 = [0.005, -0.01, 0, 0.02]; c = 0.9 m + 0.1 g2
+    #   = [-0.2955, 0.011, 0.1, 0.008]: signs [-, +, +, +] although g2[3] < 0 (the momentum wins).
+    torch.testing.assert_close(p.detach(), w)
+    torch.testing.assert_close(opt.state[p]["exp_avg"], m)
+    step1 = torch.tensor([1.0, -2.0, 0.5, 3.0]) * 0.98 - 0.1 * torch.tensor([1.0, -1.0, 0.0, 1.0])
+    torch.testing.assert_close(p.detach(), step1 * 0.98 - 0.1 * torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.wte2 = nn.Embedding(7, 16)  # an embedding whose name lacks "embed"
+        self.proj = nn.Linear(16, 32)
+        self.out = nn.Linear(32, 16, bias=False)
+        self.norm = nn.RMSNorm(16)
+        self.mhc_logits = nn.Parameter(torch.zeros(3))
+        self.gain = nn.Parameter(torch.tensor(1.0))  # 0-D
+        self.lm_head = nn.Linear(16, 50, bias=False)
+        self.lm_head.weight = self.embed.weight  # tied
+        self.frozen = nn.Parameter(torch.zeros(4, 4), requires_grad=False)
+
+
+def test_build_optimizers_splits_params():
+    model = Tiny()
+    tcfg = TrainingConfig(learning_rate=0.02, lion_lr_mult=0.05, weight_decay=0.01,
+                          lion_weight_decay=0.1, muon_momentum=0.9, lion_betas=(0.8, 0.95))
+    muon, lion = build_optimizers(model, tcfg)
+    assert isinstance(muon, Muon) and isinstance(lion, Lion)
+    ids = lambda opt: [id(p) for g in opt.param_groups for p in g["params"]]  # noqa: E731
+    in_muon, in_lion = ids(muon), ids(lion)
+    assert set(in_muon) == {id(model.proj.weight), id(model.out.weight)}
+    expected_lion = {id(p) for n, p in model.named_parameters() if p.requires_grad} - set(in_muon)
+    assert set(in_lion) == expected_lion and id(model.embed.weight) in expected_lion
+    assert len(in_muon) + len(in_lion) == len(set(in_muon) | set(in_lion))  # no parameter twice
+    assert id(model.frozen) not in in_muon + in_lion
+    (mg,), (lg,) = muon.param_groups, lion.param_groups
+    assert mg["initial_lr"] == mg["lr"] == 0.02 and mg["momentum"] == 0.9 and mg["weight_decay"] == 0.01
+    assert lg["initial_lr"] == pytest.approx(0.001) and lg["betas"] == (0.8, 0.95) and lg["weight_decay"] == 0.1
+
+    set_lr([muon, lion], 0.5)
+    assert mg["lr"] == 0.01 and lg["lr"] == pytest.approx(0.0005)
+
+
+def test_optimizer_state_bytes_and_8bit_refusal():
+    model = Tiny()
+    opts = build_optimizers(model, TrainingConfig())
+    assert optimizer_state_bytes(opts) == 0
+    model.embed(torch.tensor([1, 2])).sum().backward()
+    (model.out(model.proj(torch.randn(2, 16)))).sum().backward()
+    for opt in opts:
+        opt.step()
+    # One fp32 buffer per parameter that had a gradient: embed, proj.{weight,bias}, out.
+    expected = 4 * (50 * 16 + 32 * 16 + 32 + 16 * 32)
+    assert optimizer_state_bytes(opts) == expected
+    with pytest.raises(NotSupportedError, match="use_8bit_optim"):
+        build_optimizers(model, TrainingConfig(use_8bit_optim=True))
