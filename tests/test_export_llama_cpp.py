@@ -29,14 +29,14 @@ TOKENIZER_CHECKS = PROMPTS + [
 ]
 
 
-def briefly_train(model, tok, steps: int = 60, seq: int = 128, batch: int = 8):
+def briefly_train(model, tok, steps: int = 40, seq: int = 64, batch: int = 8):
     """A few AdamW steps on synthetic programs, so the logits are peaked like a real model's."""
     ids = []
     for text in generate_programs(400, seed=1):
         ids += [tok.eos_id] + tok.encode(text)
     data = torch.tensor(ids)
     gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
         starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
@@ -46,7 +46,7 @@ def briefly_train(model, tok, steps: int = 60, seq: int = 128, batch: int = 8):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval(), float(loss)
+    return model.eval(), float(loss.detach())
 
 
 def llama_logits(llm, ids: list[int]) -> np.ndarray:
@@ -61,15 +61,18 @@ def compare(model, tok, path) -> tuple[float, float]:
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_threads=2, vocab_only=False,
                           n_ctx=256, n_batch=64, verbose=False)
     agree, ours_all, theirs_all = [], [], []
-    with torch.no_grad():
-        for text in PROMPTS:
-            ids = [tok.bos_id] + tok.encode(text)
-            ours = model(torch.tensor([ids]))[0].numpy()
-            theirs = llama_logits(llm, ids)
-            assert theirs.shape == ours.shape
-            agree += list(ours.argmax(-1) == theirs.argmax(-1))
-            ours_all.append(ours.ravel())
-            theirs_all.append(theirs.ravel())
+    try:
+        with torch.no_grad():
+            for text in PROMPTS:
+                ids = [tok.bos_id] + tok.encode(text)
+                ours = model(torch.tensor([ids]))[0].numpy()
+                theirs = llama_logits(llm, ids)
+                assert theirs.shape == ours.shape
+                agree += list(ours.argmax(-1) == theirs.argmax(-1))
+                ours_all.append(ours.ravel())
+                theirs_all.append(theirs.ravel())
+    finally:
+        llm.close()  # free llama.cpp's threads and memory before torch runs again
     corr = float(np.corrcoef(np.concatenate(ours_all), np.concatenate(theirs_all))[0, 1])
     return float(np.mean(agree)), corr
 
@@ -90,11 +93,17 @@ def test_llama_cpp_matches_random_model(random_model_gguf):
     assert agreement >= 0.95 and corr >= 0.99
 
 
-@pytest.mark.parametrize("quant", ["tq2_0", "tq1_0"])
-def test_llama_cpp_matches_trained_model(tmp_path, quant):
+@pytest.fixture(scope="module")
+def trained_model():
     model, tok = make_tiny_model(seed=3)
     model, loss = briefly_train(model, tok)
-    assert loss < 4.0  # it learned something (ln 512 = 6.2)
+    assert loss < 5.5  # it learned something (uniform: ln 512 = 6.2)
+    return model, tok, loss
+
+
+@pytest.mark.parametrize("quant", ["tq2_0", "tq1_0"])
+def test_llama_cpp_matches_trained_model(tmp_path, trained_model, quant):
+    model, tok, loss = trained_model
     path = tmp_path / "trained.gguf"
     export_model(model, tok, path, None, quant=quant)
     agreement, corr = compare(model, tok, path)
@@ -105,8 +114,18 @@ def test_llama_cpp_matches_trained_model(tmp_path, quant):
 def test_llama_cpp_tokenizes_like_us(random_model_gguf):
     _, tok, path = random_model_gguf
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    for text in TOKENIZER_CHECKS:
-        theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        assert theirs == tok.encode(text), text
-        assert llm.detokenize(theirs) == text.encode("utf-8")
-    assert llm.token_bos() == 0 and llm.token_eos() == 0
+    try:
+        for text in TOKENIZER_CHECKS:
+            theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            assert theirs == tok.encode(text), text
+            assert llm.detokenize(theirs, special=True) == text.encode("utf-8")
+        # every token's own text, and the training distribution
+        for i in range(3, tok.vocab_size):
+            text = tok.decode([i])
+            assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == tok.encode(text), repr(text)
+        for text in generate_programs(50, seed=7):
+            assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == tok.encode(text)
+        assert llm.token_bos() == 0 and llm.token_eos() == 0
+        assert llm.tokenize(b"fn", add_bos=True, special=True)[0] == 0  # add_bos_token: BOS = <|endoftext|>
+    finally:
+        llm.close()

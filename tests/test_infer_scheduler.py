@@ -188,3 +188,47 @@ def test_invalid_requests_are_refused(engine, make_scheduler):
 
     asyncio.run(main())
     assert sched.queued == 0
+
+
+def test_engine_failure_ends_only_that_request(engine, make_scheduler):
+    sched = make_scheduler(max_batch=2).start()
+    ok = GenerationRequest(_prompt(engine, SNIPPETS[0]), 4, SamplingParams(seed=0), ignore_eos=True)
+    bad = GenerationRequest([engine.vocab_size + 5], 4)  # the engine refuses an out-of-vocabulary token
+
+    async def main():
+        handles = [sched.submit(bad), sched.submit(ok)]
+        return await asyncio.gather(*(_collect(h) for h in handles))
+
+    bad_events, ok_events = asyncio.run(main())
+    assert bad_events[-1].finish_reason == "error" and "prefill failed" in bad_events[-1].error
+    assert ok_events[-1].finish_reason == "length" and ok_events[-1].tokens == 4
+    assert sched.in_flight == 0
+
+
+def test_stop_ends_waiting_requests_with_an_error(engine, make_scheduler):
+    sched = make_scheduler(max_batch=1)
+
+    async def main():
+        handle = sched.submit(GenerationRequest(_prompt(engine, SNIPPETS[0]), 4))
+        sched.stop()
+        with pytest.raises(QueueFull, match="shutting down"):
+            sched.submit(GenerationRequest([1], 1))
+        return await _collect(handle)
+
+    events = asyncio.run(main())
+    assert events[-1].finish_reason == "error" and "shutting down" in events[-1].error
+
+
+def test_padded_vocabulary_never_samples_tokens_without_text(tmp_path, make_scheduler):
+    # model vocab 1024 > tokenizer vocab 512: ids 512.. exist in the logits but have no text
+    gguf, mhc, _ = make_tiny_gguf(tmp_path, vocab_size=1024)
+    padded = Engine.load(gguf, mhc)
+    assert padded.vocab_size > padded.tokenizer.vocab_size
+    sched = Scheduler(padded, max_batch=2).start()
+    try:
+        prompt = [padded.tokenizer.bos_id] + padded.tokenizer.encode("fn main() {")
+        reqs = [GenerationRequest(prompt, 100, SamplingParams(temperature=100.0, seed=s), ignore_eos=True) for s in range(2)]
+        for ids, _, finish in run_requests(sched, reqs):  # near-uniform sampling would hit the padding half the time
+            assert finish == "length" and max(ids) < padded.tokenizer.vocab_size
+    finally:
+        sched.stop()

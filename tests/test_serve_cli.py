@@ -62,7 +62,7 @@ def test_serve_subprocess_with_env_api_key(gguf):
 
 
 def test_bench_serve_prints_json(gguf, capsys):
-    rc = main(["bench", "serve", *gguf, "--clients", "2,1", "--max-tokens", "6", "--requests-per-client", "2"])
+    rc = main(["bench", "serve", *gguf, "--clients", "2,1", "--max-tokens", "6", "--requests-per-client", "2", "--rounds", "2"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert [lv["clients"] for lv in report["levels"]] == [1, 2]

@@ -19,7 +19,7 @@ import torch
 from ..errors import NanochatError
 from .gguf_model import GGUFModel, read_gguf_model
 from .kernels import backend_name, native_library
-from .kv_cache import KVPool, SeqState, decode_mask
+from .kv_cache import KVPool, SeqState
 from .network import Network
 
 __all__ = ["Engine", "SeqState", "EngineInputError"]
@@ -47,7 +47,8 @@ class Engine:
         self.file_bytes = gm.file_bytes
         proj_params = sum(p.n_out * p.n_in for p in gm.projections.values())
         self.bits_per_weight = 8.0 * sum(p.stored_bytes for p in gm.projections.values()) / max(proj_params, 1)
-        self.pool = KVPool(gm.hp.n_layers, gm.hp.n_kv_heads, gm.hp.head_dim, gm.hp.n_ctx)
+        hp = gm.hp
+        self.pool = KVPool(hp.n_layers, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.n_ctx, hp.rope_theta, self.lib)
 
     @classmethod
     def load(cls, gguf_path: str | Path, mhc_path: str | Path | None = None, num_threads: int | None = None,
@@ -88,9 +89,9 @@ class Engine:
         start = state.length
         ids = self._check(tokens, start)
         self.pool.ensure_length(start + len(tokens))
-        slot = state.slot
-        z = self.net.trunk(ids, torch.arange(start, start + len(tokens)),
-                           lambda i, q, k, v: self.pool.prefill_attend(i, slot, start, q, k, v))
+        slots = torch.full((len(tokens),), state.slot, dtype=torch.long)
+        pos = torch.arange(start, start + len(tokens))
+        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv))
         state.length = start + len(tokens)
         state.last_z = z[-1].clone()
         return self.net.head(z if all_logits else z[-1:]), z
@@ -111,10 +112,8 @@ class Engine:
         if int(pos.max()) + 1 > self.n_ctx:
             raise EngineInputError(f"a sequence would exceed the context length {self.n_ctx}")
         self.pool.ensure_length(int(pos.max()) + 1)
-        slots = [s.slot for s in states]
-        slot_index = torch.tensor(slots, dtype=torch.long)
-        mask = decode_mask(pos)
-        z = self.net.trunk(ids, pos, lambda i, q, k, v: self.pool.decode_attend(i, slots, slot_index, pos, mask, q, k, v))
+        slots = torch.tensor([s.slot for s in states], dtype=torch.long)
+        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv))
         for j, s in enumerate(states):
             s.length += 1
             s.last_z = z[j].clone()

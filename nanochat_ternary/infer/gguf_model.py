@@ -183,7 +183,7 @@ def _decode_tq2(path: Path, name: str, raw: np.ndarray, n: int, k: int) -> tuple
 
     Code q in {0, 1, 2} means t = q - 1; element c*128 + s*32 + j of a block sits in bits 2s of
     byte c*32 + j (gguf.quants' TQ2_0 layout)."""
-    blocks = torch.from_numpy(np.ascontiguousarray(raw)).reshape(n, k // QK, 66)
+    blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).reshape(n, k // QK, 66)
     qs = blocks[..., :64].reshape(n, k // QK, 2, 1, 32)
     shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).reshape(1, 1, 1, 4, 1)
     codes = ((qs >> shifts) & 3).reshape(n, k)

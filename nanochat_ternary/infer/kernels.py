@@ -32,7 +32,7 @@ import torch
 from .kernels_src import C_SOURCE
 
 QK = 256  # columns per ternary block (GGUF's QK_K)
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off"]
 
 
 def _cache_dir() -> Path:
@@ -72,7 +72,10 @@ def load_library(path: Path) -> ctypes.CDLL:
     """Load a compiled kernel library and declare its C signatures."""
     lib = ctypes.CDLL(str(path))
     i, p = ctypes.c_int, ctypes.c_void_p
-    lib.nc_ternary_gemm.argtypes = [i, i, i, p, p, p, i, i, p, p, p, p]
+    f = ctypes.c_float
+    lib.nc_ternary_gemm.argtypes = [i, i, i, p, p, f, i, p, p, i, i, p, p, p, p, p]
+    lib.nc_attention.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p]
+    lib.nc_attention.restype = None
     lib.nc_ternary_gemm.restype = None
     lib.nc_f16_gemm.argtypes = [i, i, i, p, p, p]
     lib.nc_f16_gemm.restype = None
@@ -166,21 +169,30 @@ def quantize_activations(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torc
     return (x * scale).round_().clamp_(-q - 1, q).to(torch.int8), scale
 
 
-def ternary_matmul(x: torch.Tensor, w: TernaryWeight, bits: int, lib: ctypes.CDLL | None) -> torch.Tensor:
-    """x float32 [M, K] -> float32 [M, N] = quant(x) @ (t * scales)^T."""
+def ternary_matmul(x: torch.Tensor, w: TernaryWeight, bits: int, lib: ctypes.CDLL | None,
+                   norm: torch.Tensor | None = None, eps: float = 1e-5, glu: bool = False) -> torch.Tensor:
+    """float32 [M, N] = quant(prep(x)) @ (t * scales)^T, where prep(x) is x [M, K], or
+    silu(gate) * up of x = gate|up [M, 2K] when `glu`, then RMSNorm with gain `norm` if given."""
     x = x.contiguous()
-    m = x.shape[0]
+    m, k = x.shape[0], w.n_in
     if lib is not None and w.packed is not None:
         out = torch.empty(m, w.n_out)
-        xq_bytes = (m * w.n_in + 63) // 64 * 64
-        buf = _scratch(xq_bytes + 4 * m + 4 * m * w.groups).data_ptr()  # xq | xs | xsum
-        lib.nc_ternary_gemm(m, w.n_out, w.n_in, x.data_ptr(), w.packed.data_ptr(), w.scales.data_ptr(), w.groups,
-                            2 ** (bits - 1) - 1, out.data_ptr(), buf, buf + xq_bytes, buf + xq_bytes + 4 * m)
+        xq_bytes = (m * k + 63) // 64 * 64
+        buf = _scratch(4 * m * k + xq_bytes + 4 * m + 4 * m * w.groups).data_ptr()  # xn | xq | xs | xsum
+        xq = buf + 4 * m * k
+        lib.nc_ternary_gemm(m, w.n_out, k, x.data_ptr(), norm.data_ptr() if norm is not None else None, eps, int(glu),
+                            w.packed.data_ptr(), w.scales.data_ptr(), w.groups, 2 ** (bits - 1) - 1, out.data_ptr(),
+                            buf, xq, xq + xq_bytes, xq + xq_bytes + 4 * m)
         return out
     if w.t_cols is None:
         raise ValueError("this TernaryWeight was built for the native back-end")
+    if glu:
+        gate, up = x.split(k, dim=-1)
+        x = torch.nn.functional.silu(gate) * up
+    if norm is not None:
+        x = torch.nn.functional.rms_norm(x, (k,), norm, eps)
     xq, scale = quantize_activations(x, bits)
-    g, kg = w.groups, w.n_in // w.groups
+    g, kg = w.groups, k // w.groups
     if g == 1:
         acc = torch._int_mm(xq, w.t_cols).float() * w.scales[:, 0]
     else:

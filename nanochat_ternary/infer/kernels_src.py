@@ -25,6 +25,7 @@ C_SOURCE = r"""
 #include <stdint.h>
 #include <math.h>
 #include <omp.h>
+#include <stdlib.h>
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 #define NC_VNNI 1
@@ -45,12 +46,27 @@ int nc_has_simd(void) {
 #endif
 }
 
-/* per-token absmax quantization; xs[m] = Q / max|x| (the training code's scale) and the
-   per-group sums of the quantized values (for the +1 offset of the packed weights) */
-static void quant_rows(int M, int K, const float* x, int Q, int G, int8_t* xq, float* xs, int32_t* xsum) {
+/* Prepare the int8 input of a ternary projection, row by row (every row alike, whatever M is):
+   optionally x = silu(gate) * up from a [M, 2K] gate|up row (glu), optionally RMSNorm with gain
+   nw (x * 1/sqrt(mean(x^2) + eps) * nw), then per-token absmax quantization; xs[m] = Q / max|x|
+   (the training code's scale), xsum = per-group sums of the quantized values. xn: [M, K] scratch. */
+static void quant_rows(int M, int K, const float* x, const float* nw, float eps, int glu, float* xn,
+                       int Q, int G, int8_t* xq, float* xs, int32_t* xsum) {
   int KG = K / G;
   for (int m = 0; m < M; m++) {
-    const float* r = x + (int64_t)m * K;
+    const float* r = x + (int64_t)m * K * (glu ? 2 : 1);
+    float* t = xn + (int64_t)m * K;
+    if (glu) {
+      for (int k = 0; k < K; k++) { float g = r[k]; t[k] = g / (1.0f + expf(-g)) * r[K + k]; }
+      r = t;
+    }
+    if (nw) {
+      float ss = 0.f;
+      for (int k = 0; k < K; k++) ss += r[k] * r[k];
+      float inv = 1.0f / sqrtf(ss / (float)K + eps);
+      for (int k = 0; k < K; k++) t[k] = r[k] * inv * nw[k];
+      r = t;
+    }
     float a = 0.f;
     for (int k = 0; k < K; k++) { float v = fabsf(r[k]); a = v > a ? v : a; }
     if (a < 1e-5f) a = 1e-5f;
@@ -78,7 +94,12 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
   const __m512i mask = _mm512_set1_epi8(3);
   for (int b = b0; b < b1; b++) {
     __m512i v[8];
-    _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) v[r] = _mm512_loadu_si512(w + r * KB + b * 64);
+    _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+      v[r] = _mm512_loadu_si512(w + r * KB + b * 64);
+#ifndef NC_NO_PREFETCH
+      _mm_prefetch((const char*)(w + (r + NR) * KB + b * 64), _MM_HINT_T0);  /* the next tile's rows */
+#endif
+    }
     _Pragma("GCC unroll 32") for (int s = 0; s < 4; s++) {
       __m512i xv[4];
       _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_si512(xq + i * K + b * 256 + 64 * s);
@@ -139,10 +160,11 @@ static void tern_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, 
     tern_range(1, N, K, xq + (int64_t)m * K, w, sw, G, xs + m, xsum + m * G, out + (int64_t)m * N, n0, n1);
 }
 
-/* out[M, N] = dequant(quant(x[M, K]) @ ternary(w)^T); scratch: xq[M*K], xs[M], xsum[M*G] */
-void nc_ternary_gemm(int M, int N, int K, const float* x, const uint8_t* w, const float* sw, int G, int Q,
-                     float* out, int8_t* xq, float* xs, int32_t* xsum) {
-  quant_rows(M, K, x, Q, G, xq, xs, xsum);
+/* out[M, N] = dequant(quant(prep(x)) @ ternary(w)^T), prep as in quant_rows (nw may be NULL);
+   scratch: xn[M*K] floats, xq[M*K], xs[M], xsum[M*G] */
+void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float eps, int glu, const uint8_t* w,
+                     const float* sw, int G, int Q, float* out, float* xn, int8_t* xq, float* xs, int32_t* xsum) {
+  quant_rows(M, K, x, nw, eps, glu, xn, Q, G, xq, xs, xsum);
   int64_t work = (int64_t)M * N * K;
   #pragma omp parallel if (work > 200000)
   {
@@ -274,6 +296,69 @@ void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const in
     int per = ((N + T - 1) / T + 7) / 8 * 8;
     int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
     i8_range(M, N, K, xu, w, wsum, sw, xs, out, n0, n1);
+  }
+}
+
+/* ---- attention: RoPE, KV-cache write and softmax attention, one query row at a time.
+   qkv [R, (H + 2 KV) * hd] rows (q heads, k heads, v heads) at positions pos[r] of cache slots
+   slot[r]; caches [slots, KV, cap, hd]. RoPE is NEOX "rotate half" (model/rope.py) with tables
+   cos/sin [n_ctx, hd]. All rows are written first (a prefill row sees the rows before it), then
+   every row attends over positions 0..pos[r] of its slot; rows are independent (OpenMP). */
+static void rope_row(float* x, int hd, const float* c, const float* s) {
+  int half = hd / 2;
+  for (int i = 0; i < half; i++) {
+    float x1 = x[i], x2 = x[i + half];
+    x[i] = x1 * c[i] + (-x2) * s[i];
+    x[i + half] = x2 * c[i + half] + x1 * s[i + half];
+  }
+}
+
+void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const int64_t* slot, const int64_t* pos,
+                  const float* cos_t, const float* sin_t, float* kc, float* vc, float* out) {
+  int row = (H + 2 * KV) * hd;
+  for (int r = 0; r < R; r++) {
+    const float* src = qkv + (int64_t)r * row;
+    for (int h = 0; h < KV; h++) {
+      float* kd = kc + (((int64_t)slot[r] * KV + h) * cap + pos[r]) * hd;
+      float* vd = vc + (((int64_t)slot[r] * KV + h) * cap + pos[r]) * hd;
+      for (int i = 0; i < hd; i++) { kd[i] = src[(H + h) * hd + i]; vd[i] = src[(H + KV + h) * hd + i]; }
+      rope_row(kd, hd, cos_t + pos[r] * hd, sin_t + pos[r] * hd);
+    }
+  }
+  float scale = 1.0f / sqrtf((float)hd);
+  int64_t work = (int64_t)R * H * (pos[R - 1] + 1) * hd;
+  #pragma omp parallel if (work > 400000)
+  {
+    int maxlen = 0;
+    for (int r = 0; r < R; r++) maxlen = pos[r] + 1 > maxlen ? pos[r] + 1 : maxlen;
+    float* p = (float*)malloc(sizeof(float) * (maxlen + hd));
+    float* q = p + maxlen;
+    #pragma omp for schedule(static)
+    for (int rh = 0; rh < R * H; rh++) {
+      int r = rh / H, h = rh % H, g = h / (H / KV), n = pos[r] + 1;
+      for (int i = 0; i < hd; i++) q[i] = qkv[(int64_t)r * row + h * hd + i];
+      rope_row(q, hd, cos_t + pos[r] * hd, sin_t + pos[r] * hd);
+      const float* kb = kc + ((int64_t)slot[r] * KV + g) * cap * hd;
+      const float* vb = vc + ((int64_t)slot[r] * KV + g) * cap * hd;
+      float mx = -INFINITY;
+      for (int j = 0; j < n; j++) {
+        float d = 0.f;
+        for (int i = 0; i < hd; i++) d += q[i] * kb[(int64_t)j * hd + i];
+        p[j] = d * scale;
+        mx = p[j] > mx ? p[j] : mx;
+      }
+      float sum = 0.f;
+      for (int j = 0; j < n; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
+      float inv = 1.0f / sum;
+      float* o = out + (int64_t)r * H * hd + h * hd;
+      for (int i = 0; i < hd; i++) o[i] = 0.f;
+      for (int j = 0; j < n; j++) {
+        float w = p[j] * inv;
+        const float* v = vb + (int64_t)j * hd;
+        for (int i = 0; i < hd; i++) o[i] += w * v[i];
+      }
+    }
+    free(p);
   }
 }
 """

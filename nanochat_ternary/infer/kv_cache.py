@@ -14,11 +14,13 @@ A `SeqState` holds one slot; dropping the state (garbage collection) returns the
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import weakref
 
 import torch
-import torch.nn.functional as F
+
+from ..model.rope import rope_tables
 
 
 class SeqState:
@@ -36,8 +38,10 @@ class SeqState:
 
 
 class KVPool:
-    def __init__(self, n_layers: int, n_kv: int, head_dim: int, n_ctx: int):
-        self.n_layers, self.n_kv, self.head_dim, self.n_ctx = n_layers, n_kv, head_dim, n_ctx
+    def __init__(self, n_layers: int, n_heads: int, n_kv: int, head_dim: int, n_ctx: int, rope_theta: float, lib: ctypes.CDLL | None):
+        self.n_layers, self.n_heads, self.n_kv, self.head_dim, self.n_ctx = n_layers, n_heads, n_kv, head_dim, n_ctx
+        self.cos, self.sin = rope_tables(head_dim, n_ctx, rope_theta)
+        self.lib = lib
         self.slots, self.capacity = 0, 0
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
@@ -78,47 +82,39 @@ class KVPool:
         self.k, self.v, self.slots, self.capacity = new_k, new_v, slots, capacity
 
     # ---- attention -----------------------------------------------------------------------
-    def prefill_attend(self, layer: int, slot: int, start: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Append k, v [T, kv, hd] at positions start.. of `slot`; causal attention of q [T, H, hd]
-        over positions 0..start+T-1. Returns [T, H * hd]."""
-        T = q.shape[0]
-        end = start + T
-        K, V = self.k[layer], self.v[layer]
-        K[slot, :, start:end] = k.transpose(0, 1)
-        V[slot, :, start:end] = v.transpose(0, 1)
-        keys, values = K[slot : slot + 1, :, :end], V[slot : slot + 1, :, :end]
-        qh = q.transpose(0, 1).unsqueeze(0)  # [1, H, T, hd]
-        gqa = q.shape[1] != self.n_kv
-        if start == 0:
-            y = F.scaled_dot_product_attention(qh, keys, values, is_causal=True, enable_gqa=gqa)
-        else:  # query i sits at position start + i and sees keys 0..start + i
-            mask = torch.arange(end)[None, :] <= (torch.arange(T) + start)[:, None]
-            y = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, enable_gqa=gqa)
-        return y[0].transpose(0, 1).reshape(T, -1)
+    def attend(self, layer: int, slots: torch.Tensor, pos: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        """Rows qkv [R, (H + 2 kv) * hd] (before RoPE) at positions pos [R] of cache slots
+        slots [R] (int64): apply RoPE, write every row's key/value into the cache, then attend
+        each row's query over positions 0..pos of its slot. Returns [R, H * hd].
 
-    def decode_attend(self, layer: int, slots: list[int], slot_index: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
-                      q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """One new token per sequence: write k, v [B, kv, hd] at (slot, pos) and attend q [B, H, hd]
-        over positions 0..pos of each slot; `mask` [B, 1, 1, span] is decode_mask(pos).
-        Returns [B, H * hd]."""
-        B, H, hd = q.shape
-        span = mask.shape[-1]
-        K, V = self.k[layer], self.v[layer]
-        K[slot_index, :, pos] = k
-        V[slot_index, :, pos] = v
-        s0 = slots[0]
-        if slots == list(range(s0, s0 + B)):  # a contiguous range: a view, no copy
-            keys, values = K[s0 : s0 + B, :, :span], V[s0 : s0 + B, :, :span]
-        else:
-            keys, values = K[slot_index, :, :span], V[slot_index, :, :span]
-        # plain softmax attention, grouped-query: the g = H / kv query heads of a group share keys
-        # (scaled_dot_product_attention's CPU kernels cost more than the maths for one query)
-        qg = q.view(B, self.n_kv, H // self.n_kv, hd)
-        scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(hd**-0.5).masked_fill_(mask, float("-inf"))
-        return torch.matmul(torch.softmax(scores, dim=-1), values).reshape(B, H * hd)
+        Each row runs exactly the same operations whatever the other rows are, so a token's
+        result is bitwise independent of batching: cached, uncached, batched and speculative
+        greedy decoding give the same tokens."""
+        R = qkv.shape[0]
+        H, kv, hd = self.n_heads, self.n_kv, self.head_dim
+        if self.lib is not None:
+            out = torch.empty(R, H * hd)
+            qkv = qkv.contiguous()
+            self.lib.nc_attention(R, H, kv, hd, self.capacity, qkv.data_ptr(), slots.data_ptr(), pos.data_ptr(), self.cos.data_ptr(),
+                                  self.sin.data_ptr(), self.k[layer].data_ptr(), self.v[layer].data_ptr(), out.data_ptr())
+            return out
+        x = qkv.view(R, H + 2 * kv, hd)
+        qk = self._rope(x[:, : H + kv], pos)
+        self.k[layer][slots, :, pos] = qk[:, H:]
+        self.v[layer][slots, :, pos] = x[:, H + kv :]
+        return torch.stack([self._attend_one(layer, int(s), int(p), qk[r, :H]) for r, (s, p) in enumerate(zip(slots, pos))])
 
+    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """NEOX rotate-half RoPE (model/rope.py) on x [N, heads, hd] at positions pos [N]."""
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
 
-def decode_mask(pos: torch.Tensor) -> torch.Tensor:
-    """True where a key is *hidden* from the query: positions after each sequence's own [B, 1, 1, span]."""
-    span = int(pos.max()) + 1
-    return (torch.arange(span)[None, :] > pos[:, None])[:, None, None, :]
+    def _attend_one(self, layer: int, slot: int, pos: int, q: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of one query q [H, hd] over keys 0..pos of `slot` (torch back-end)."""
+        H, hd = q.shape
+        keys, values = self.k[layer][slot, :, : pos + 1], self.v[layer][slot, :, : pos + 1]  # [kv, S, hd]
+        qg = q.view(self.n_kv, H // self.n_kv, hd)  # grouped-query: a group's heads share keys
+        scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(hd**-0.5)
+        return torch.matmul(torch.softmax(scores, dim=-1), values).reshape(H * hd)

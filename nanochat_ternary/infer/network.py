@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from ..model.mhc import permutation_matrices, res_matrix
-from ..model.rope import rope_tables
 from .gguf_model import GGUFModel, Projection
 from .kernels import dense_matmul, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, ternary_matmul
 
-# attention(layer, q [N, H, hd], k [N, kv, hd], v [N, kv, hd]) -> [N, H * hd]
-Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# attention(layer, qkv [N, (H + 2 kv) * hd] before RoPE) -> [N, H * hd] (RoPE, cache, attention)
+Attend = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class Linear:
@@ -48,9 +47,16 @@ class Linear:
         # a BitLinear stored as plain floats still quantizes its input activations
         self.fake_quant = self.dense is not None and use_bitlinear
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, norm: torch.Tensor | None = None, eps: float = 1e-5, glu: bool = False) -> torch.Tensor:
+        """Project x [M, K] (or gate|up [M, 2K] with `glu`: silu(gate) * up), after an optional
+        RMSNorm with gain `norm`; the native ternary kernel fuses those steps."""
         if self.ternary is not None:
-            return ternary_matmul(x, self.ternary, self.bits, self.lib)
+            return ternary_matmul(x, self.ternary, self.bits, self.lib, norm, eps, glu)
+        if glu:
+            gate, up = x.split(x.shape[-1] // 2, dim=-1)
+            x = F.silu(gate) * up
+        if norm is not None:
+            x = F.rms_norm(x, (x.shape[-1],), norm, eps)
         if self.fake_quant:
             xq, scale = quantize_activations(x, self.bits)
             x = xq.float() / scale
@@ -75,7 +81,7 @@ class Layer:
     o: Linear
     gate_up: Linear
     down: Linear
-    h_pre: torch.Tensor | None = None  # [n]
+    h_pre: torch.Tensor | None = None  # [1, n]
     h_res: torch.Tensor | None = None  # [n, n]
     h_post: torch.Tensor | None = None  # [n, 1]
 
@@ -103,7 +109,6 @@ class Network:
         self.head_i8 = make_int8(gm.embed) if lib is not None and not exact_head and hp.dim % 64 == 0 else None
         self.head_weight = None if self.head_i8 is not None else make_dense(gm.embed, lib)
         self.out_norm = gm.norms["output_norm.weight"]
-        self.cos, self.sin = rope_tables(hp.head_dim, hp.n_ctx, hp.rope_theta)
         lin = lambda names: Linear([gm.projections[n] for n in names], hp.activation_bits, hp.use_bitlinear, lib)  # noqa: E731
         perms = permutation_matrices(hp.n_streams) if hp.n_streams > 1 else None
         self.layers: list[Layer] = []
@@ -116,7 +121,7 @@ class Network:
             )
             if perms is not None:  # mHC: H_pre = softmax, H_res = sum_k w_k P_k, H_post = 2 sigmoid
                 m = gm.mhc
-                layer.h_pre = torch.softmax(torch.from_numpy(m.pre_logits[i].copy()), dim=0)
+                layer.h_pre = torch.softmax(torch.from_numpy(m.pre_logits[i].copy()), dim=0)[None, :]
                 layer.h_res = res_matrix(torch.from_numpy(m.res_logits[i].copy()), perms)
                 layer.h_post = (2 * torch.sigmoid(torch.from_numpy(m.post_logits[i].copy())))[:, None]
             self.layers.append(layer)
@@ -132,39 +137,30 @@ class Network:
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), w, self.eps)
 
-    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """NEOX rotate-half RoPE (model/rope.py) on x [N, heads, hd] at positions pos [N]."""
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
-
-    def _attention(self, i: int, L: Layer, x: torch.Tensor, pos: torch.Tensor, attend: Attend) -> torch.Tensor:
-        N = x.shape[0]
-        qkv = L.qkv(self._norm(x, L.attn_norm)).view(N, self.n_q + 2 * self.n_kv, self.hd)
-        qk = self._rope(qkv[:, : self.n_q + self.n_kv], pos)
-        y = attend(i, qk[:, : self.n_q], qk[:, self.n_q :], qkv[:, self.n_q + self.n_kv :])
-        return L.o(self._norm(y, L.attn_sub_norm))
+    def _attention(self, i: int, L: Layer, x: torch.Tensor, attend: Attend) -> torch.Tensor:
+        y = attend(i, L.qkv(x, L.attn_norm, self.eps))
+        return L.o(y, L.attn_sub_norm, self.eps)
 
     def _ffn(self, L: Layer, x: torch.Tensor) -> torch.Tensor:
-        gate, up = L.gate_up(self._norm(x, L.ffn_norm)).split(L.gate_up.splits, dim=-1)
-        return L.down(self._norm(F.silu(gate) * up, L.ffn_sub_norm))
+        return L.down(L.gate_up(x, L.ffn_norm, self.eps), L.ffn_sub_norm, self.eps, glu=True)
 
-    def trunk(self, ids: torch.Tensor, pos: torch.Tensor, attend: Attend) -> torch.Tensor:
-        """Token ids [N] at positions pos [N] -> trunk state z [N, D] (streams averaged, pre-norm)."""
+    def trunk(self, ids: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Token ids [N] -> trunk state z [N, D] (streams averaged, pre-norm); `attend` knows
+        each row's cache slot and position."""
         x = self.embed_table[ids].float()
         n = self.hp.n_streams
         if n == 1:
             for i, L in enumerate(self.layers):
-                x = x + self._attention(i, L, x, pos, attend)
+                x = x + self._attention(i, L, x, attend)
                 x = x + self._ffn(L, x)
             return x
         X = x.unsqueeze(1).expand(-1, n, -1).contiguous()  # [N, n, D]: streams start as copies
         for i, L in enumerate(self.layers):
-            h = torch.einsum("n,bnd->bd", L.h_pre, X)
-            a = self._attention(i, L, h, pos, attend)
+            # per-token matmuls ([1, n] @ [n, D], [n, n] @ [n, D]): the same ops whatever N is
+            h = torch.matmul(L.h_pre, X).squeeze(1)
+            a = self._attention(i, L, h, attend)
             f = self._ffn(L, h + a)
-            X = torch.einsum("mn,bnd->bmd", L.h_res, X) + L.h_post * (a + f).unsqueeze(1)
+            X = torch.matmul(L.h_res, X) + L.h_post * (a + f).unsqueeze(1)
         return X.mean(dim=1)
 
     def tied_head(self, h: torch.Tensor) -> torch.Tensor:
@@ -179,7 +175,8 @@ class Network:
             return dense_matmul(h, self.head_weight, self.lib)
         logits = int8_matmul(h, self.head_i8, self.lib)
         top = logits.topk(min(RESCORE_TOP, logits.shape[1]), dim=-1).indices  # [N, k]
-        exact = torch.bmm(self.embed_table[top].float(), h.unsqueeze(-1)).squeeze(-1)
+        # multiply + row sum, not bmm: bmm's result depends on the batch size, this does not
+        exact = (self.embed_table[top].float() * h.unsqueeze(1)).sum(-1)
         return logits.scatter_(1, top, exact)
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
@@ -188,6 +185,6 @@ class Network:
 
     def mtp_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Trunk state [N, D] -> MTP logits [N, n_mtp, V]; head k predicts the token 2 + k ahead."""
-        outs = [self._norm(z + m.proj(self._norm(z, m.norm_in)), m.norm_out) for m in self.mtp]
+        outs = [self._norm(z + m.proj(z, m.norm_in, self.eps), m.norm_out) for m in self.mtp]
         h = torch.stack(outs, dim=1)  # [N, n_mtp, D]
         return self.tied_head(h.reshape(-1, h.shape[-1])).reshape(h.shape[0], len(self.mtp), -1)

@@ -93,8 +93,13 @@ class Sampler:
         logits = apply_repetition_penalty(logits.float(), history, self.params.repetition_penalty)
         if self.params.temperature == 0:
             return int(torch.argmax(logits).item())
-        probs, ids = filtered_probs(logits, self.params)
         # inverse-CDF sampling with one uniform draw per step (see the module docstring)
         u = torch.rand((), generator=self.generator, dtype=torch.float64).item()
+        if self.params.top_k == 0 and self.params.top_p >= 1.0:
+            # no filtering: skip the sort, walk the CDF in token-id order (as valid, and cheaper)
+            cdf = torch.cumsum(torch.softmax(logits.double() / self.params.temperature, dim=-1), dim=0)
+            index = int(torch.searchsorted(cdf, torch.tensor([u * cdf[-1].item()], dtype=torch.float64), right=True).item())
+            return min(index, cdf.numel() - 1)
+        probs, ids = filtered_probs(logits, self.params)
         index = int(torch.searchsorted(torch.cumsum(probs, dim=0), torch.tensor([u], dtype=torch.float64), right=True).item())
         return int(ids[min(index, ids.numel() - 1)].item())

@@ -71,9 +71,6 @@ class RequestHandle:
         batch at the scheduler's next iteration."""
         self._scheduler._cancel(self)
 
-    def deliver(self, event: Event) -> None:
-        _deliver_batch(self.loop, [(self, event)])
-
 
 def _put_all(batch: list[tuple["RequestHandle", Event]]) -> None:
     for handle, event in batch:
@@ -117,6 +114,9 @@ class Scheduler:
         self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
         tok = engine.tokenizer
         self.stop_ids = {tok.eos_id, tok.im_end_id}
+        # a model's vocabulary may be padded beyond the tokenizer's (a BPE can come out smaller
+        # than asked for): never sample an id that has no text
+        self.n_sampled = min(engine.vocab_size, tok.vocab_size)
         self._cond = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()
         self._active: list[_Sequence] = []  # touched only by the scheduler thread
@@ -166,7 +166,7 @@ class Scheduler:
             self._n_active = 0
         for h in leftovers:
             h.finished = True
-            h.deliver(Event(h.index, "", 0, "error", "the server is shutting down"))
+            _deliver_batch(h.loop, [(h, Event(h.index, "", 0, "error", "the server is shutting down"))])
 
     def submit(self, request: GenerationRequest, queue: asyncio.Queue | None = None, index: int = 0) -> RequestHandle:
         """Queue a request; call from a running event loop. Raises QueueFull when the wait queue
@@ -256,17 +256,16 @@ class Scheduler:
         try:
             seq.state = self.engine.new_state()
             logits = self.engine.prefill(seq.state, list(req.prompt))
-            self.prompt_tokens_total += len(req.prompt)
-            token = seq.sampler(logits, seq.history)
         except Exception as e:  # an engine failure ends this request, not the server
             log.exception("prefill failed")
             if seq.state is not None:
                 _release(seq.state)
             self._finish(None, handle, Event(handle.index, "", 0, "error", f"prefill failed: {e}"))
             return
+        self.prompt_tokens_total += len(req.prompt)
         with self._cond:
             self._active.append(seq)
-        self._on_token(seq, token)
+        self._sample(seq, logits)
 
     def _decode_step(self) -> None:
         batch = list(self._active)
@@ -280,7 +279,15 @@ class Scheduler:
             return
         self.decode_steps_total += 1
         for i, seq in enumerate(batch):
-            self._on_token(seq, seq.sampler(logits[i], seq.history))
+            self._sample(seq, logits[i])
+
+    def _sample(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        try:
+            self._on_token(seq, seq.sampler(logits[: self.n_sampled], seq.history))
+        except Exception as e:  # a failure of one sequence must not stop the others
+            log.exception("sampling failed")
+            if not seq.handle.finished:
+                self._finish(seq, seq.handle, Event(seq.handle.index, "", seq.generated, "error", f"sampling failed: {e}"))
 
     def _on_token(self, seq: _Sequence, token: int) -> None:
         """Account one sampled token: stream its text, and end the request when it is done."""

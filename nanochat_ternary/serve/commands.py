@@ -82,7 +82,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     clients = parse_clients(args.clients)
     engine = _load_engine(args)
     report = bench_serve(engine, clients, max_tokens=args.max_tokens, requests_per_client=args.requests_per_client,
-                         time_limit_s=args.time_limit)
+                         time_limit_s=args.time_limit, rounds=args.rounds)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -110,5 +110,6 @@ def register(sub: Any, bench: Any) -> None:
     b.add_argument("--clients", default="1,4,8", help="concurrency levels, comma-separated")
     b.add_argument("--max-tokens", type=_positive("--max-tokens"), default=64)
     b.add_argument("--requests-per-client", type=_positive("--requests-per-client"), default=4)
+    b.add_argument("--rounds", type=_positive("--rounds"), default=3, help="interleaved repetitions; each level reports its best")
     b.add_argument("--time-limit", type=float, default=60.0, help="seconds per level after which no new request starts")
     b.set_defaults(func=cmd_bench_serve)

@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import FormatError
+from .rng import rng_state, set_rng_state  # noqa: F401  (re-exported with the checkpoint API)
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -322,36 +321,3 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
         shutil.rmtree(trash)
         removed.append(d)
     return removed
-
-
-def rng_state() -> dict:
-    """Every RNG the run uses, as plain JSON data (python, numpy, torch CPU, CUDA, MPS)."""
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": [version, list(mt), gauss],
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [torch.cuda.get_rng_state(i).tolist() for i in range(torch.cuda.device_count())]
-    if torch.backends.mps.is_available():
-        state["mps"] = torch.mps.get_rng_state().tolist()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() returned. Device RNGs are skipped where the device is absent."""
-    try:
-        version, mt, gauss = state["python"]
-        random.setstate((version, tuple(mt), gauss))
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-        if "cuda" in state and torch.cuda.is_available():
-            for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(torch.tensor(s, dtype=torch.uint8), i)
-        if "mps" in state and torch.backends.mps.is_available():
-            torch.mps.set_rng_state(torch.tensor(state["mps"], dtype=torch.uint8))
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise FormatError(f"checkpoint RNG state is malformed ({type(e).__name__}: {e})") from None

@@ -1,0 +1,198 @@
+"""Engine parity with the training model, KV cache, batching, speculative decoding, states."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from infer_helpers import export_snapped, training_greedy
+from nanochat_ternary.infer.engine import Engine, EngineInputError
+from nanochat_ternary.infer.speculative import greedy_generate, speculative_generate
+
+VARIANTS = {
+    "n1": {},
+    "n2": {"mhc_n_streams": 2},
+    "n4_mtp": {"mhc_n_streams": 4, "use_mtp": True, "mtp_n_tokens": 3},
+    "n1_mtp": {"use_mtp": True, "mtp_n_tokens": 2},
+    "dense": {"use_bitlinear": False},
+    "dense_n2_mtp": {"use_bitlinear": False, "mhc_n_streams": 2, "use_mtp": True, "mtp_n_tokens": 2},
+    "group256": {"group_size": 256},
+}
+PROMPT = "fn main() {\n    let x = "
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            g, m, model, tok = export_snapped(tmp_path_factory.mktemp(name), **VARIANTS[name])
+            cache[name] = (Engine.load(g, m), model, tok)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_logits_match_training_model(built, name):
+    """Bound: 5% of the largest |logit| (max) and 0.5% (mean). The engine computes each
+    projection as an exact integer sum where the training model sums floats, so a pre-
+    quantization activation can land 1 ulp on the other side of an int8 rounding boundary;
+    one such flip moves one activation by 1/127 of its row's absmax, i.e. logits by ~1% of
+    their spread. Logits outside the top 64 also carry the int8 head's error (~1%). A wrong
+    weight, norm, RoPE, mHC matrix or head instead gives errors of the order of the logits."""
+    engine, model, tok = built(name)
+    tokens = tok.encode(PROMPT + "a + b;\n    let y = x * 2;\n}\n")[:48]
+    with torch.no_grad():
+        ref, ref_mtp = model.forward_with_mtp(torch.tensor([tokens]))
+    ref = ref[0]
+    out = engine.forward_logits(tokens)
+    scale = ref.abs().max().item()
+    diff = (out - ref).abs()
+    assert diff.max().item() <= 0.05 * scale, (name, diff.max().item(), scale)
+    assert diff.mean().item() <= 0.005 * scale, (name, diff.mean().item(), scale)
+    assert torch.equal(out.argmax(-1), ref.argmax(-1))
+    if engine.n_mtp:
+        state = engine.new_state()
+        _, z = engine.verify(state, tokens)
+        mtp = engine.net.mtp_logits(z)
+        for k, r in enumerate(ref_mtp):
+            assert (mtp[:, k] - r[0]).abs().max().item() <= 0.05 * scale
+            assert torch.equal(mtp[:, k].argmax(-1), r[0].argmax(-1))
+
+
+@pytest.mark.parametrize("name", ["n1", "n2", "n4_mtp", "dense", "n1_mtp"])
+def test_greedy_64_tokens_cache_nocache_training(built, name):
+    engine, model, tok = built(name)
+    prompt = tok.encode(PROMPT)
+    cached = greedy_generate(engine, prompt, 64)
+    seq = list(prompt)  # without the cache: a full forward over the growing sequence each step
+    for _ in range(64):
+        seq.append(int(engine.forward_logits(seq)[-1].argmax()))
+    assert cached == seq[len(prompt):]
+    assert cached == training_greedy(model, prompt, 64)
+
+
+@pytest.mark.parametrize("name", ["n1", "n4_mtp", "dense"])
+def test_batched_decode_equals_one_by_one(built, name):
+    engine, _, tok = built(name)
+    prompts = [tok.encode(p) for p in ("fn a() {", "struct Point { x: i32, y: i32 }\nimpl Point {", "let", "enum E { A, B }\n")]
+    steps = 12
+
+    def alone(p):
+        s = engine.new_state()
+        logits = [engine.prefill(s, p)]
+        for i in range(steps):
+            logits.append(engine.decode([s], [(3 * i + len(p)) % 400 + 3])[0])
+        return torch.stack(logits)
+
+    expected = [alone(p) for p in prompts]
+    # a busy slot in front, so the batch's slots are not 0..3 in order
+    blocker = engine.new_state()
+    engine.prefill(blocker, [5, 6])
+    states = [engine.new_state() for _ in prompts][::-1]
+    got = [[engine.prefill(s, p)] for s, p in zip(states, prompts)]
+    for i in range(steps):
+        rows = engine.decode(states, [(3 * i + len(p)) % 400 + 3 for p in prompts])
+        for j in range(len(prompts)):
+            got[j].append(rows[j])
+    for e, g in zip(expected, got):
+        assert torch.equal(e, torch.stack(g))  # bitwise: batching does not change a token's maths
+
+
+@pytest.mark.parametrize("name", ["n4_mtp", "n1_mtp", "dense_n2_mtp"])
+def test_speculative_equals_greedy(built, name):
+    engine, _, tok = built(name)
+    prompt = tok.encode(PROMPT)
+    plain = greedy_generate(engine, prompt, 64)
+    for k in (1, engine.n_mtp):
+        spec, stats = speculative_generate(engine, prompt, 64, draft_tokens=k)
+        assert spec == plain
+        assert stats.generated == 64 and stats.drafted > 0
+        assert 0.0 <= stats.acceptance_rate <= 1.0
+        assert stats.steps == 64 - stats.accepted  # each verify emits 1 + accepted tokens
+
+
+@pytest.mark.parametrize("oracle", ["right", "wrong"])
+def test_speculative_acceptance_logic(built, oracle):
+    """Drafts replaced by an oracle (the real heads cannot be made perfect): right drafts are
+    all accepted (k + 1 tokens per forward), wrong ones never; the output is greedy's either way."""
+    engine, _, tok = built("n4_mtp")
+    prompt, n = tok.encode(PROMPT), 40
+    plain = greedy_generate(engine, prompt, n)
+    emitted: list[int] = []
+
+    def drafts(z):
+        k = engine.n_mtp
+        want = (plain + [0] * k)[len(emitted) : len(emitted) + k]
+        if oracle == "wrong":
+            want = [(t + 1) % engine.vocab_size for t in want]
+        return torch.nn.functional.one_hot(torch.tensor(want), engine.vocab_size).float()
+
+    engine.mtp_logits = drafts  # instance attribute: shadows the method for this engine only
+    try:
+        spec, stats = speculative_generate(engine, prompt, n, on_token=emitted.append)
+    finally:
+        del engine.mtp_logits
+    assert spec == plain == emitted
+    if oracle == "right":
+        assert stats.acceptance_rate == 1.0 and stats.steps == -(-n // (engine.n_mtp + 1))
+    else:
+        assert stats.accepted == 0 and stats.steps == n
+
+
+def test_speculative_stops_at_stop_token_and_context(built):
+    engine, _, tok = built("n4_mtp")
+    prompt = tok.encode(PROMPT)
+    plain = greedy_generate(engine, prompt, 30)
+    stop = {plain[10]}
+    spec, _ = speculative_generate(engine, prompt, 30, stop_tokens=stop)
+    assert spec == greedy_generate(engine, prompt, 30, stop_tokens=stop)
+    assert spec[-1] in stop and len(spec) <= 11
+    near_end = [3] * (engine.n_ctx - 5)  # 5 positions left: both stop at the context length
+    assert speculative_generate(engine, near_end, 50)[0] == greedy_generate(engine, near_end, 50)
+
+
+def test_states_free_slots_and_errors(built):
+    engine, _, _ = built("n1")
+    gc.collect()
+    before = engine.pool.in_use()
+    states = [engine.new_state() for _ in range(6)]
+    for s in states:
+        engine.prefill(s, [1, 2, 3])
+    assert engine.pool.in_use() == before + 6
+    assert states[2].length == 3
+    del states, s
+    gc.collect()
+    assert engine.pool.in_use() == before
+    st = engine.new_state()
+    with pytest.raises(EngineInputError, match="context length"):
+        engine.prefill(st, [1] * (engine.n_ctx + 1))
+    with pytest.raises(EngineInputError, match="vocabulary"):
+        engine.prefill(st, [engine.vocab_size])
+    with pytest.raises(EngineInputError, match="no tokens"):
+        engine.prefill(st, [])
+    with pytest.raises(EngineInputError, match="same sequence"):
+        engine.decode([st, st], [1, 2])
+
+
+def test_engine_metadata(built):
+    engine, model, tok = built("n2")
+    assert engine.n_ctx == model.cfg.max_seq_len and engine.vocab_size == model.cfg.vocab_size
+    assert engine.tokenizer.encode(PROMPT) == tok.encode(PROMPT)
+    assert "<|im_start|>" in engine.chat_template
+    assert engine.name and engine.bits_per_weight == pytest.approx(2.0625)
+
+
+def test_torch_backend_matches_native(built, tmp_path):
+    engine, model, tok = built("group256")
+    g, m, _, _ = export_snapped(tmp_path, **VARIANTS["group256"])
+    slow = Engine.load(g, m, backend="torch")
+    assert slow.backend == "torch"
+    tokens = tok.encode(PROMPT)
+    a, b = engine.forward_logits(tokens), slow.forward_logits(tokens)
+    assert (a - b).abs().max().item() <= 0.05 * b.abs().max().item()
+    assert greedy_generate(engine, tokens, 16) == greedy_generate(slow, tokens, 16)
