@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from helpers import make_tiny_model
@@ -57,3 +58,13 @@ def training_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
     for _ in range(n):
         seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
     return seq[len(prompt):]
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one thread: these tests are about results, and on a shared 2-core machine a
+    2-thread OpenMP region waits whenever the other core is busy elsewhere (10-20x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

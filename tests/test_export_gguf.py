@@ -1,5 +1,8 @@
 """Tests for the GGUF exporter: exact ternary packing, metadata, architecture rule, file safety."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -158,15 +161,25 @@ def test_refuses_unpackable_group_size(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_failed_export_keeps_previous_file(tmp_path):
-    path, _, _ = make_tiny_gguf(tmp_path)
-    before = path.read_bytes()
-    model, _ = make_tiny_model(vocab_size=300)  # fails late: after the temp file was opened
+def test_failed_export_keeps_previous_files(tmp_path):
+    path, mhc, _ = make_tiny_gguf(tmp_path, mhc_n_streams=2)
+    before, mhc_before = path.read_bytes(), mhc.read_bytes()
+    model, _ = make_tiny_model(vocab_size=300, mhc_n_streams=2, seed=5)  # fails late: temp files exist by then
     tok = make_tiny_model()[1]
     with pytest.raises(FormatError, match="tokenizer has 512 tokens but the model's vocab_size is 300"):
-        export_model(model, tok, path, None)
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]  # no temp file left behind
+        export_model(model, tok, path, mhc)
+    assert path.read_bytes() == before and mhc.read_bytes() == mhc_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf", "tiny.mhc"]  # no temp file left behind
+
+
+def test_files_get_normal_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path, mhc, _ = make_tiny_gguf(tmp_path, mhc_n_streams=2)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(mhc.stat().st_mode) == 0o644
 
 
 def test_dense_and_f16(tmp_path):

@@ -2,8 +2,10 @@
 
 Skipped when llama-cpp-python is not installed (it is an optional, source-built dependency).
 Differences that remain by design: llama.cpp quantizes activations to int8 per block of 256
-(Q8_K) where we use one absmax scale per token, and it keeps the embedding in F16; both are
-small next to the ternary weights, which are bit-exact.
+(Q8_K) where we use one absmax scale per token, and it rounds the embedding, the KV cache and
+the LM-head input to F16. Float differences then flip a few int8 roundings of the activations;
+in a random-init model (flat logits, std ~0.3) that leaves ~3% of positions with a different
+argmax, in a briefly trained one none. A dense (F16) export agrees to float rounding.
 """
 
 import numpy as np
@@ -93,6 +95,16 @@ def test_llama_cpp_matches_random_model(random_model_gguf):
     assert agreement >= 0.95 and corr >= 0.99
 
 
+def test_llama_cpp_matches_dense_model_closely(tmp_path):
+    """Without ternary weights and int8 activations only float rounding differs: this pins the
+    graph itself (RoPE pairing, GQA, sub-norm placement, SwiGLU, tied head) to llama.cpp's."""
+    model, tok = make_tiny_model(use_bitlinear=False)
+    export_model(model, tok, tmp_path / "dense.gguf", None)
+    agreement, corr = compare(model, tok, tmp_path / "dense.gguf")
+    print(f"dense F16: argmax agreement {agreement:.3f}, logits correlation {corr:.7f}")
+    assert agreement >= 0.99 and corr >= 0.99999
+
+
 @pytest.fixture(scope="module")
 def trained_model():
     model, tok = make_tiny_model(seed=3)
@@ -113,7 +125,7 @@ def test_llama_cpp_matches_trained_model(tmp_path, trained_model, quant):
 
 def test_llama_cpp_tokenizes_like_us(random_model_gguf):
     _, tok, path = random_model_gguf
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, n_ctx=256, verbose=False)
     try:
         for text in TOKENIZER_CHECKS:
             theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)

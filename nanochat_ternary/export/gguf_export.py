@@ -18,7 +18,7 @@ export never leaves a half-written model behind.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -53,17 +53,27 @@ def architecture_for(cfg: ModelConfig, drop_mtp: bool) -> str:
     return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 and not writes_mtp else PROJECT_ARCH
 
 
+def temp_sibling(path: Path) -> Path:
+    """A fresh hidden temporary name in `path`'s folder (same filesystem, so rename is atomic).
+
+    Not tempfile.mkstemp: that creates the file with mode 0600, and an exported model must get
+    the usual permissions from the umask like any other file.
+    """
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it over `path` only if the body succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_sibling(path)
     try:
-        yield Path(tmp)
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -133,23 +143,25 @@ def export_model(
     # both files go to temporary names and are renamed together at the end (.mhc first)
     with atomic_path(output) as tmp, (atomic_path(mhc_output) if mhc_output else nullcontext()) as mhc_tmp:
         writer = GGUFWriter(tmp, arch)
-        for spec in tqdm(plan, desc="export", unit="tensor", disable=not progress):
-            data, dtype = encode_tensor(spec, state[spec.state_key], cfg, qtype)
-            if dtype in (GGMLQuantizationType.F16, GGMLQuantizationType.F32):
-                writer.add_tensor(spec.gguf_name, data)
-            else:
-                writer.add_tensor(spec.gguf_name, data, raw_dtype=dtype)
-            if spec.kind == "proj":
-                ternary_params += state[spec.state_key].numel()
-                ternary_bytes += data.nbytes
-        if mhc_tmp is not None:
-            mhc_checksum = write_mhc(mhc_tmp, params)  # its checksum goes into the GGUF
-        _add_hparams(writer, cfg, arch, name, _FILE_TYPES[qtype], mhc_checksum, n_mtp)
-        add_tokenizer_metadata(writer, tokenizer, cfg.vocab_size)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
-        writer.close()
+        try:
+            for spec in tqdm(plan, desc="export", unit="tensor", disable=not progress):
+                data, dtype = encode_tensor(spec, state[spec.state_key], cfg, qtype)
+                if dtype in (GGMLQuantizationType.F16, GGMLQuantizationType.F32):
+                    writer.add_tensor(spec.gguf_name, data)
+                else:
+                    writer.add_tensor(spec.gguf_name, data, raw_dtype=dtype)
+                if spec.kind == "proj":
+                    ternary_params += state[spec.state_key].numel()
+                    ternary_bytes += data.nbytes
+            if mhc_tmp is not None:
+                mhc_checksum = write_mhc(mhc_tmp, params)  # its checksum goes into the GGUF
+            _add_hparams(writer, cfg, arch, name, _FILE_TYPES[qtype], mhc_checksum, n_mtp)
+            add_tokenizer_metadata(writer, tokenizer, cfg.vocab_size)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=False)
+        finally:
+            writer.close()
     return {
         "arch": arch,
         "file_type": qtype.name,

@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import secrets
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,15 +85,16 @@ def write_mhc(path: str | os.PathLike, params: MhcParams) -> str:
     payload = _payload(params)
     digest = hashlib.sha256(payload).digest()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    # not tempfile.mkstemp, whose 0600 mode would stick to the renamed file
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(payload + digest)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return digest.hex()
 

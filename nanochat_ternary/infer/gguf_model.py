@@ -270,7 +270,7 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None) -
     try:
         reader = GGUFReader(path)
     except Exception as e:  # gguf raises ValueError/IndexError/... on a bad or truncated file
-        raise FormatError(f"{path}: not a valid GGUF file ({type(e).__name__}: {e})") from None
+        raise FormatError(f"{path}: not a valid GGUF file, truncated or corrupted ({type(e).__name__}: {e})") from None
     meta = _Meta(reader, path)
     hp = _read_hparams(meta)
     tokenizer, template = _read_tokenizer(meta, hp)

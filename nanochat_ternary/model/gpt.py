@@ -100,14 +100,14 @@ class GPT(nn.Module):
         x = self.embed(idx)
         n = self.cfg.mhc_n_streams
         if n > 1:
-            x = x.unsqueeze(2).expand(-1, -1, n, -1).contiguous()
+            x = x.unsqueeze(0).expand(n, -1, -1, -1).contiguous()  # [n, B, T, D]: n copies
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for block in self.blocks:
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin)
-        return x.mean(dim=2) if n > 1 else x
+        return x.mean(dim=0) if n > 1 else x
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Tied LM head: logits = h @ embed^T."""
