@@ -11,14 +11,13 @@ index is always complete.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from ..fsutil import atomic_write_text
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
@@ -29,20 +28,6 @@ DEFAULT_SHARD_TOKENS = 50_000_000  # 100 MB per uint16 shard
 def dtype_for_vocab(vocab_size: int) -> str:
     """The smallest shard dtype that can hold every id of a vocabulary of this size."""
     return "uint16" if vocab_size <= 65536 else "uint32"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; this is an ordinary data file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_shards(token_arrays: Iterable[np.ndarray], out_dir: Path, shard_tokens: int = DEFAULT_SHARD_TOKENS,
@@ -85,7 +70,7 @@ def write_shards(token_arrays: Iterable[np.ndarray], out_dir: Path, shard_tokens
     if current is not None:
         current.close()
     index = {"version": INDEX_VERSION, "dtype": dtype, "shards": files, "tokens": counts, "total": sum(counts)}
-    _atomic_write_text(out_dir / INDEX_NAME, json.dumps(index, indent=1))
+    atomic_write_text(out_dir / INDEX_NAME, json.dumps(index, indent=1))
     return index
 
 

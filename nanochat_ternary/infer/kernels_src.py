@@ -35,9 +35,6 @@ C_SOURCE = r"""
 #define NC_AVX512 1
 #endif
 #define AI static inline __attribute__((always_inline))
-#ifndef TERN_NR1
-#define TERN_NR1 4  /* rows per tile for one token: 4 uses tern_tile1, 8 the shift + mask tile */
-#endif
 
 int nc_has_simd(void) {
 #ifdef NC_VNNI
@@ -127,38 +124,6 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
 #endif
 }
 
-/* One token (decode): NR rows, no shifts. v & (3 << 2s) is code_s * 4^s, so accumulator s holds
-   4^s * sum(code_s * x) and is scaled back (exactly: every lane is a multiple of 4^s) at the end.
-   Fewer vector ops per weight than shift + mask, at the price of 4 accumulators per row. */
-AI void tern_tile1(const uint8_t* w, int64_t KB, const int8_t* xq, int b0, int b1, const int NR, int32_t* out) {
-#ifdef NC_VNNI
-  __m512i acc[16];
-  _Pragma("GCC unroll 32") for (int j = 0; j < NR * 4; j++) acc[j] = _mm512_setzero_si512();
-  for (int b = b0; b < b1; b++) {
-    __m512i v[4];
-    _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
-      v[r] = _mm512_loadu_si512(w + r * KB + b * 64);
-#ifndef NC_NO_PREFETCH
-      _mm_prefetch((const char*)(w + (r + NR) * KB + b * 64), _MM_HINT_T0);
-#endif
-    }
-    _Pragma("GCC unroll 32") for (int s = 0; s < 4; s++) {
-      const __m512i mask = _mm512_set1_epi8((char)(3 << (2 * s)));
-      __m512i xv = _mm512_loadu_si512(xq + b * 256 + 64 * s);
-      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
-        acc[r * 4 + s] = _mm512_dpbusd_epi32(acc[r * 4 + s], _mm512_and_si512(v[r], mask), xv);
-    }
-  }
-  _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
-    __m512i a = _mm512_add_epi32(_mm512_add_epi32(acc[r * 4], _mm512_srai_epi32(acc[r * 4 + 1], 2)),
-                                 _mm512_add_epi32(_mm512_srai_epi32(acc[r * 4 + 2], 4), _mm512_srai_epi32(acc[r * 4 + 3], 6)));
-    out[r] = _mm512_reduce_add_epi32(a);
-  }
-#else
-  tern_tile(w, KB, xq, 0, b0, b1, NR, 1, out);
-#endif
-}
-
 AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                   const float* xs, const int32_t* xsum, float* out, int n0, int n1, const int NR, const int MT) {
   int64_t KB = K / 4;
@@ -169,10 +134,7 @@ AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const
       int32_t acc[16];
       _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) res[j] = 0.f;
       for (int g = 0; g < G; g++) {
-        if (MT == 1 && NR <= 4)
-          tern_tile1(w + (int64_t)n * KB, KB, xq + (int64_t)m0 * K, g * nb, (g + 1) * nb, NR, acc);
-        else
-          tern_tile(w + (int64_t)n * KB, KB, xq + (int64_t)m0 * K, K, g * nb, (g + 1) * nb, NR, MT, acc);
+        tern_tile(w + (int64_t)n * KB, KB, xq + (int64_t)m0 * K, K, g * nb, (g + 1) * nb, NR, MT, acc);
         _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
           _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
             res[r * MT + i] += sw[(int64_t)(n + r) * G + g] * (float)(acc[r * MT + i] - xsum[(m0 + i) * G + g]);
@@ -186,8 +148,8 @@ AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const
 static void tern_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                        const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
   if (M == 1) {
-    int nf = n0 + (n1 - n0) / TERN_NR1 * TERN_NR1;
-    tern_rows(1, N, K, xq, w, sw, G, xs, xsum, out, n0, nf, TERN_NR1, 1);
+    int nf = n0 + (n1 - n0) / 8 * 8;
+    tern_rows(1, N, K, xq, w, sw, G, xs, xsum, out, n0, nf, 8, 1);
     tern_rows(1, N, K, xq, w, sw, G, xs, xsum, out, nf, n1, 1, 1);
     return;
   }
