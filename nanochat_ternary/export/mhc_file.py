@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
+from ..fsutil import atomic_write_bytes
 
 MAGIC = b"MHC1"
 FORMAT_VERSION = 1
@@ -84,18 +84,7 @@ def write_mhc(path: str | os.PathLike, params: MhcParams) -> str:
     path = Path(path)
     payload = _payload(params)
     digest = hashlib.sha256(payload).digest()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # not tempfile.mkstemp, whose 0600 mode would stick to the renamed file
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(payload + digest)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, payload + digest)
     return digest.hex()
 
 

@@ -3,9 +3,12 @@
 Why this module exists: it is the one object the CLI, the server's scheduler and the benchmarks
 drive (contract in the engine brief): `Engine.load`, `new_state`, `prefill(state, tokens)` and
 `decode(states, tokens)`, which runs every sequence's next token in ONE batched forward (each
-projection reads its weights once for the whole batch; attention uses each sequence's own cache
-slot with a length mask, see kv_cache.py). `forward_logits` is the cache-free full forward for
-parity tests, and `verify`/`mtp_logits`/`truncate` serve self-speculative decoding.
+projection reads its weights once for the whole batch; attention reads each sequence's own cache
+slot, see kv_cache.py). `forward_logits` is the cache-free full forward for parity tests, and
+`verify`/`mtp_logits`/`truncate` serve self-speculative decoding (speculative.py).
+
+A token's logits are bitwise the same whether it was decoded alone, in a batch, in a prefill or
+in a speculative verify (native back-end): every per-token operation is computed row by row.
 
 Engine methods are not thread-safe: one thread drives an Engine.
 """
@@ -56,7 +59,7 @@ class Engine:
         """Read a GGUF (+ .mhc; FormatError naming the file on a bad/truncated/mismatched file).
 
         `backend="torch"` forces the PyTorch kernels (default: native when it compiles);
-        `exact_head=True` computes every logit from the F16 table (see network.Network.head)."""
+        `exact_head=True` computes every logit from the F16 table (see network.Network.tied_head)."""
         if num_threads:
             torch.set_num_threads(int(num_threads))
         return cls(read_gguf_model(gguf_path, mhc_path), backend, exact_head)

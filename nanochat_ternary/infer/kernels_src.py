@@ -14,14 +14,18 @@ does for TQ2_0 and F16, with plain C + intrinsics, called through ctypes:
   weights lined up with 64 consecutive activations.
 - `nc_f16_gemm`: F16 weights, F32 activations, F32 accumulation (F16 -> F32 is exact, so the
   only rounding is the F32 sum, as in a float32 matmul).
+- `nc_int8_gemm`: int8 weights with per-row scales x int8 activations (the approximate head).
 
-Both tile NR output rows x MT tokens so that several independent accumulator chains hide the
+They tile NR output rows x MT tokens so that several independent accumulator chains hide the
 instruction latency, and split output rows over OpenMP threads (the same libgomp that torch
 loaded, so torch.set_num_threads applies). Without AVX512-VNNI / AVX512F the portable loops
-below compute the same integers (the compiler vectorises them as it can).
+below compute the same integers (the compiler vectorises them as it can). The attention kernel
+(RoPE, cache write, softmax attention) is in kernels_attention_src.py.
 """
 
-C_SOURCE = r"""
+from .kernels_attention_src import ATTENTION_SOURCE
+
+GEMM_SOURCE = r"""
 #include <stdint.h>
 #include <math.h>
 #include <omp.h>
@@ -298,67 +302,6 @@ void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const in
     i8_range(M, N, K, xu, w, wsum, sw, xs, out, n0, n1);
   }
 }
-
-/* ---- attention: RoPE, KV-cache write and softmax attention, one query row at a time.
-   qkv [R, (H + 2 KV) * hd] rows (q heads, k heads, v heads) at positions pos[r] of cache slots
-   slot[r]; caches [slots, KV, cap, hd]. RoPE is NEOX "rotate half" (model/rope.py) with tables
-   cos/sin [n_ctx, hd]. All rows are written first (a prefill row sees the rows before it), then
-   every row attends over positions 0..pos[r] of its slot; rows are independent (OpenMP). */
-static void rope_row(float* x, int hd, const float* c, const float* s) {
-  int half = hd / 2;
-  for (int i = 0; i < half; i++) {
-    float x1 = x[i], x2 = x[i + half];
-    x[i] = x1 * c[i] + (-x2) * s[i];
-    x[i + half] = x2 * c[i + half] + x1 * s[i + half];
-  }
-}
-
-void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const int64_t* slot, const int64_t* pos,
-                  const float* cos_t, const float* sin_t, float* kc, float* vc, float* out) {
-  int row = (H + 2 * KV) * hd;
-  for (int r = 0; r < R; r++) {
-    const float* src = qkv + (int64_t)r * row;
-    for (int h = 0; h < KV; h++) {
-      float* kd = kc + (((int64_t)slot[r] * KV + h) * cap + pos[r]) * hd;
-      float* vd = vc + (((int64_t)slot[r] * KV + h) * cap + pos[r]) * hd;
-      for (int i = 0; i < hd; i++) { kd[i] = src[(H + h) * hd + i]; vd[i] = src[(H + KV + h) * hd + i]; }
-      rope_row(kd, hd, cos_t + pos[r] * hd, sin_t + pos[r] * hd);
-    }
-  }
-  float scale = 1.0f / sqrtf((float)hd);
-  int64_t work = (int64_t)R * H * (pos[R - 1] + 1) * hd;
-  #pragma omp parallel if (work > 400000)
-  {
-    int maxlen = 0;
-    for (int r = 0; r < R; r++) maxlen = pos[r] + 1 > maxlen ? pos[r] + 1 : maxlen;
-    float* p = (float*)malloc(sizeof(float) * (maxlen + hd));
-    float* q = p + maxlen;
-    #pragma omp for schedule(static)
-    for (int rh = 0; rh < R * H; rh++) {
-      int r = rh / H, h = rh % H, g = h / (H / KV), n = pos[r] + 1;
-      for (int i = 0; i < hd; i++) q[i] = qkv[(int64_t)r * row + h * hd + i];
-      rope_row(q, hd, cos_t + pos[r] * hd, sin_t + pos[r] * hd);
-      const float* kb = kc + ((int64_t)slot[r] * KV + g) * cap * hd;
-      const float* vb = vc + ((int64_t)slot[r] * KV + g) * cap * hd;
-      float mx = -INFINITY;
-      for (int j = 0; j < n; j++) {
-        float d = 0.f;
-        for (int i = 0; i < hd; i++) d += q[i] * kb[(int64_t)j * hd + i];
-        p[j] = d * scale;
-        mx = p[j] > mx ? p[j] : mx;
-      }
-      float sum = 0.f;
-      for (int j = 0; j < n; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
-      float inv = 1.0f / sum;
-      float* o = out + (int64_t)r * H * hd + h * hd;
-      for (int i = 0; i < hd; i++) o[i] = 0.f;
-      for (int j = 0; j < n; j++) {
-        float w = p[j] * inv;
-        const float* v = vb + (int64_t)j * hd;
-        for (int i = 0; i < hd; i++) o[i] += w * v[i];
-      }
-    }
-    free(p);
-  }
-}
 """
+
+C_SOURCE = GEMM_SOURCE + ATTENTION_SOURCE
