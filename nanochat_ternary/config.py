@@ -73,6 +73,7 @@ class TrainingConfig:
     entropy_weight: float = 0.01
     mtp_weight: float = 0.2
     muon_momentum: float = 0.95
+    muon_ns_steps: int = 5  # Newton–Schulz iterations; its cost does not shrink with the batch
     lion_lr_mult: float = 0.05
     lion_weight_decay: float = 0.1
     lion_betas: tuple = (0.9, 0.99)
@@ -226,6 +227,8 @@ def validate(cfg: Config) -> None:
         raise bad("training.seq_length", f"({t.seq_length}) exceeds model.max_seq_len ({m.max_seq_len})")
     if t.learning_rate <= 0:
         raise bad("training.learning_rate", "must be positive")
+    if t.muon_ns_steps < 1:
+        raise bad("training.muon_ns_steps", "must be at least 1")
     if t.warmup_steps < 0 or t.num_workers < 0 or t.prefetch_batches < 0:
         raise bad("training.warmup_steps/num_workers/prefetch_batches", "must not be negative")
     if not 0.0 <= t.stable_ratio <= 1.0 or not 0.0 <= t.min_lr_ratio <= 1.0:

@@ -100,3 +100,20 @@ def test_macro_layout_helpers():
     long = '        assert_eq!(build_rate(&["raven", "stone", "pixel"]), "raven, stone, stone, pixel");'
     assert macro_lines(long) == ["        assert_eq!(", '            build_rate(&["raven", "stone", "pixel"]),',
                                  '            "raven, stone, stone, pixel"', "        );"]
+
+
+@pytest.mark.skipif(RUSTC is None, reason="rustc not installed")
+def test_small_flavour_is_narrow_and_compiles():
+    from nanochat_ternary.data.synthetic_words import NOUNS
+    from nanochat_ternary.eval.compile import compile_many
+
+    programs = generate_programs(200, seed=5, flavour="synthetic-small")
+    assert all(p.count("\n") <= 24 for p in programs)
+    assert not any("#[cfg(test)]" in p for p in programs)
+    used = {w for p in programs for w in NOUNS if f" {w}:" in p}
+    assert used and used <= set(NOUNS[:8])
+    assert len(set(programs)) > 150
+    results = compile_many(programs[:12])
+    assert all(r.ok for r in results), [r.stderr for r in results if not r.ok][:1]
+    with pytest.raises(ValueError, match="unknown synthetic flavour"):
+        generate_programs(1, flavour="nope")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from .corpus import iter_rust_files
 from .shards import dtype_for_vocab, write_shards
-from .synthetic import generate_program
+from .synthetic import FLAVOURS, generate_program
 from .tokenizer import Tokenizer, train_tokenizer
 
 META_VERSION = 1
@@ -40,19 +40,19 @@ TOKENIZER_TRAIN_BYTES = 5_000_000
 
 def _params(source: str, vocab_size: int, seed: int, n_programs: int, val_fraction: float) -> dict:
     params = {"version": META_VERSION, "vocab_size": vocab_size, "seed": seed, "val_fraction": val_fraction}
-    if source == "synthetic":
-        params.update(source="synthetic", n_programs=n_programs)
+    if source in FLAVOURS:
+        params.update(source=source, n_programs=n_programs)
     else:
         params.update(source=str(Path(source).resolve()))
     return params
 
 
 def _load_documents(source: str, seed: int, n_programs: int, progress: bool) -> list[str]:
-    if source == "synthetic":
+    if source in FLAVOURS:
         if n_programs < 2:
             raise DataError(f"n_programs must be >= 2 for the synthetic source, got {n_programs}")
-        rng = random.Random(seed)  # same stream as synthetic.generate_programs(n_programs, seed)
-        return [generate_program(rng) for _ in tqdm(range(n_programs), desc="generate", disable=not progress)]
+        rng = random.Random(seed)  # same stream as synthetic.generate_programs(n_programs, seed, source)
+        return [generate_program(rng, FLAVOURS[source]) for _ in tqdm(range(n_programs), desc="generate", disable=not progress)]
     return [text for _, text in tqdm(iter_rust_files(Path(source)), desc="read .rs", disable=not progress)]
 
 
@@ -130,7 +130,7 @@ def prepare_dataset(source: str, out_dir: Path, vocab_size: int, seed: int = 0, 
                     val_fraction: float = 0.05, progress: bool = True) -> Path:
     """Build (or reuse) the dataset for `source` in `out_dir`; return `out_dir`.
 
-    `source` is "synthetic" or a folder of .rs files. Raises DataError on a bad source, bad
+    `source` is "synthetic", "synthetic-small" (data.synthetic.FLAVOURS) or a folder of .rs files. Raises DataError on a bad source, bad
     parameters, or an `out_dir` that exists but is not a dataset made by this function.
     """
     out_dir = Path(out_dir)

@@ -13,6 +13,7 @@ assertions hold (expected values are computed in Python), about 8-40 lines in to
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from .synthetic_funcs import arith_fn, loop_fn
 from .synthetic_iters import collection_fn, iter_fn, option_fn, result_fn
@@ -26,10 +27,29 @@ TEMPLATES = [
     (numeric_struct, 3), (container_struct, 2), (unit_enum, 3), (range_match, 2), (data_enum, 2),
     (numeric_trait, 2), (describe_trait, 1), (operator_impl, 2), (generic_fn, 3), (generic_struct, 1),
 ]
-_FUNCS = [t for t, _ in TEMPLATES]
-_WEIGHTS = [w for _, w in TEMPLATES]
 MIN_LINES, MAX_LINES = 8, 40
 TEST_PROBABILITY = 0.45
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """How hard the generated corpus is: which templates, how many names, how long, tests or not."""
+
+    templates: tuple = tuple(TEMPLATES)
+    vocab: int | None = None  # words per name list (None: all)
+    max_lines: int = MAX_LINES
+    test_probability: float = TEST_PROBABILITY
+
+
+# "synthetic": the full default corpus. "synthetic-small": the same generator narrowed (simple
+# function/struct/enum templates, 8 names per list, no tests, <= 24 lines) so that the ~1.5M
+# parameter model of scripts/validate_e2e.sh learns to write whole programs in 1000 CPU steps.
+FLAVOURS = {
+    "synthetic": Flavour(),
+    "synthetic-small": Flavour(
+        templates=((arith_fn, 3), (loop_fn, 3), (iter_fn, 3), (numeric_struct, 2), (unit_enum, 2)),
+        vocab=8, max_lines=24, test_probability=0.0),
+}
 
 
 def _tests_block(items: list[Item]) -> list[str]:
@@ -61,19 +81,22 @@ def _lines(text: str) -> int:
     return text.count("\n")
 
 
-def generate_program(rng: random.Random) -> str:
+def generate_program(rng: random.Random, flavour: Flavour = FLAVOURS["synthetic"]) -> str:
     """One random, compilable Rust source file of about 8-40 lines."""
-    target = rng.randint(MIN_LINES + 4, MAX_LINES - 6)
-    with_tests = rng.random() < TEST_PROBABILITY
-    names = Names(rng)
+    max_lines = flavour.max_lines
+    target = rng.randint(MIN_LINES + 4, max(MIN_LINES + 4, max_lines - 6))
+    with_tests = rng.random() < flavour.test_probability
+    names = Names(rng, flavour.vocab)
+    funcs = [t for t, _ in flavour.templates]
+    weights = [w for _, w in flavour.templates]
     items: list[Item] = []
     text = ""
     for _ in range(8):
-        item = _format(rng.choices(_FUNCS, _WEIGHTS)[0](rng, names))
+        item = _format(rng.choices(funcs, weights)[0](rng, names))
         candidate = _assemble(items + [item], with_tests)
-        if _lines(candidate) > MAX_LINES and with_tests:
+        if _lines(candidate) > max_lines and with_tests:
             candidate = _assemble(items + [item], False)  # drop the tests before the item
-        if _lines(candidate) > MAX_LINES:
+        if _lines(candidate) > max_lines:
             if _lines(text) >= MIN_LINES:
                 break
             continue  # too long to fit: draw another item
@@ -87,7 +110,9 @@ def generate_program(rng: random.Random) -> str:
     return text
 
 
-def generate_programs(n: int, seed: int = 0) -> list[str]:
-    """`n` programs, deterministic for a given seed."""
+def generate_programs(n: int, seed: int = 0, flavour: str = "synthetic") -> list[str]:
+    """`n` programs, deterministic for a given seed; `flavour` is a key of FLAVOURS."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown synthetic flavour {flavour!r} (expected one of {', '.join(FLAVOURS)})")
     rng = random.Random(seed)
-    return [generate_program(rng) for _ in range(n)]
+    return [generate_program(rng, FLAVOURS[flavour]) for _ in range(n)]

@@ -71,9 +71,13 @@ class Item:
 class Names:
     """Hands out identifiers unique within one program."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, vocab: int | None = None):
         self.rng = rng
         self.used: set[str] = set()
+        self.vocab = vocab  # draw only from the first `vocab` words of each list (None: all)
+
+    def _pick(self, words: list[str]) -> str:
+        return self.rng.choice(words[: self.vocab] if self.vocab else words)
 
     def take(self, make) -> str:
         for _ in range(20):
@@ -88,24 +92,24 @@ class Names:
         return f"{name}{i}"
 
     def var(self) -> str:
-        return self.take(lambda: self.rng.choice(NOUNS))
+        return self.take(lambda: self._pick(NOUNS))
 
     def plural(self) -> str:
-        return self.take(lambda: self.rng.choice(PLURALS))
+        return self.take(lambda: self._pick(PLURALS))
 
     def func(self, verb: str | None = None) -> str:
-        return self.take(lambda: snake(verb or self.rng.choice(VERBS), self.rng.choice(NOUNS)))
+        return self.take(lambda: snake(verb or self._pick(VERBS), self._pick(NOUNS)))
 
     def type_name(self) -> str:
-        return self.take(lambda: self.rng.choice(TYPES))
+        return self.take(lambda: self._pick(TYPES))
 
     def enum(self) -> tuple[str, list[str]]:
-        name = self.take(lambda: self.rng.choice(list(ENUMS)))
+        name = self.take(lambda: self._pick(list(ENUMS)))
         base = name.rstrip("0123456789")
         return name, list(ENUMS[base])
 
     def word(self) -> str:
-        return self.rng.choice(WORDS)
+        return self._pick(WORDS)
 
 
 def doc(rng: random.Random, text: str, indent: str = "", p: float = 0.5) -> list[str]:

@@ -121,10 +121,11 @@ def bench_infer(model: str | None = None, mhc: str | None = None, shape: str | N
         load_s = time.perf_counter() - t
         prompt_tokens = min(prompt_tokens, engine.n_ctx // 2)
         decode_tokens = min(decode_tokens, engine.n_ctx // 2 - 8 - 4 * batch)
+        _decode_rate(engine, 1, 4)  # warm-up; the peak RSS so far is the engine's (load included)
+        rss_engine_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         base = fp32_baseline(gm) if baseline else None
         runs = {"engine": engine, **({"fp32_torch": base} if base else {})}
         rates: dict[str, dict[str, list[float]]] = {name: {"prefill": [], "b1": [], "bB": []} for name in runs}
-        rss_engine_mb = 0.0
         bar = tqdm(total=rounds * len(runs) * 3, desc="bench infer", unit="run", disable=not progress)
         for _ in range(rounds):
             for name, eng in runs.items():
@@ -134,8 +135,6 @@ def bench_infer(model: str | None = None, mhc: str | None = None, shape: str | N
                 bar.update()
                 rates[name]["bB"].append(_decode_rate(eng, batch, max(decode_tokens // 4, 4)))
                 bar.update()
-                if name == "engine" and not rss_engine_mb:
-                    rss_engine_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         bar.close()
         med = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in rates.items()}
         result = {
@@ -145,7 +144,7 @@ def bench_infer(model: str | None = None, mhc: str | None = None, shape: str | N
             "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens, "batch": batch, "rounds": rounds,
             "engine": {"prefill_tokens_per_s": round(med["engine"]["prefill"], 1), "decode_b1_tokens_per_s": round(med["engine"]["b1"], 1),
                        f"decode_b{batch}_tokens_per_s": round(med["engine"]["bB"], 1)},
-            "peak_rss_mb_after_engine": round(rss_engine_mb, 1),
+            "peak_rss_mb_engine": round(rss_engine_mb, 1),  # process peak before the baseline exists
         }
         if base:
             b = med["fp32_torch"]
@@ -159,5 +158,5 @@ def bench_infer(model: str | None = None, mhc: str | None = None, shape: str | N
             result["llama_cpp"] = {"skipped": f"architecture '{gm.hp.arch}' is not loadable by llama.cpp"}
         if "decode_b1_tokens_per_s" in result["llama_cpp"]:
             result["speedup_vs_llama_cpp_b1"] = round(med["engine"]["b1"] / result["llama_cpp"]["decode_b1_tokens_per_s"], 2)
-        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["peak_rss_mb_total"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return result

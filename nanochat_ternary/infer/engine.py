@@ -85,7 +85,7 @@ class Engine:
         return ids
 
     # ---- forward passes ------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def verify(self, state: SeqState, tokens: list[int], all_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Append `tokens` to `state` in one forward; returns (logits [T, V] or [1, V] for the
         last token only, trunk states z [T, D])."""
@@ -103,7 +103,7 @@ class Engine:
         """Append tokens to the state; float32 logits [vocab_size] of the last token."""
         return self.verify(state, tokens, all_logits=False)[0][0]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode(self, states: list[SeqState], tokens: list[int]) -> torch.Tensor:
         """Append one token to each state in ONE batched forward; float32 logits [B, vocab_size]."""
         if len(states) != len(tokens):
@@ -130,7 +130,7 @@ class Engine:
         finally:
             state.release()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def mtp_logits(self, z: torch.Tensor) -> torch.Tensor:
         """MTP head logits [n_mtp, V] from one trunk state z [D] (head k: the token 2 + k ahead)."""
         if not self.n_mtp:

@@ -12,11 +12,9 @@ does for TQ2_0 and F16, with plain C + intrinsics, called through ctypes:
   Layout: each row is K / 256 blocks of 64 bytes; bits 2s..2s+1 of byte j of a block hold the
   weight of column 64 s + j of that block (s = 0..3), so one 64-byte load and a shift give 64
   weights lined up with 64 consecutive activations.
-- `nc_f16_gemm`: F16 weights, F32 activations, F32 accumulation (F16 -> F32 is exact, so the
-  only rounding is the F32 sum, as in a float32 matmul).
-- `nc_int8_gemm`: int8 weights with per-row scales x int8 activations (the approximate head).
+- `nc_f16_gemm` and `nc_int8_gemm` (dense weights, the head) are in kernels_dense_src.py.
 
-They tile NR output rows x MT tokens so that several independent accumulator chains hide the
+Kernels tile NR output rows x MT tokens so that several independent accumulator chains hide the
 instruction latency, and split output rows over OpenMP threads (the same libgomp that torch
 loaded, so torch.set_num_threads applies). Without AVX512-VNNI / AVX512F the portable loops
 below compute the same integers (the compiler vectorises them as it can). The attention kernel
@@ -24,6 +22,7 @@ below compute the same integers (the compiler vectorises them as it can). The at
 """
 
 from .kernels_attention_src import ATTENTION_SOURCE
+from .kernels_dense_src import DENSE_SOURCE
 
 GEMM_SOURCE = r"""
 #include <stdint.h>
@@ -39,6 +38,9 @@ GEMM_SOURCE = r"""
 #define NC_AVX512 1
 #endif
 #define AI static inline __attribute__((always_inline))
+/* smallest job (multiply-adds) worth an OpenMP region: below it the region's wake-up costs more,
+   and on a busy machine a region waits for a descheduled thread */
+#define NC_PARALLEL_WORK (1 << 20)
 
 int nc_has_simd(void) {
 #ifdef NC_VNNI
@@ -148,10 +150,45 @@ AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const
     }
 }
 
+/* (NC_TILED_M1 compiles the tiled path for one token instead, for comparisons.) */
+#if defined(NC_VNNI) && !defined(NC_TILED_M1)
+/* One token, one weight row at a time: the row's bytes are read front to back (the access pattern
+   hardware prefetchers follow best); four accumulators (one per 2-bit plane) keep the vpdpbusd
+   chains independent. Integer sums, so the result equals the tiled path's exactly. */
+static void tern_rows_m1(int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
+                         float xs, const int32_t* xsum, float* out, int n0, int n1) {
+  int64_t KB = K / 4;
+  int nb = K / 256 / G;
+  const __m512i mask = _mm512_set1_epi8(3);
+  for (int n = n0; n < n1; n++) {
+    const uint8_t* wr = w + (int64_t)n * KB;
+    float res = 0.f;
+    for (int g = 0; g < G; g++) {
+      __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+      for (int b = g * nb; b < (g + 1) * nb; b++) {
+        __m512i v = _mm512_loadu_si512(wr + b * 64);
+        const int8_t* xb = xq + b * 256;
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, mask), _mm512_loadu_si512(xb));
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(v, 2), mask), _mm512_loadu_si512(xb + 64));
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask), _mm512_loadu_si512(xb + 128));
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(_mm512_srli_epi16(v, 6), mask), _mm512_loadu_si512(xb + 192));
+      }
+      int32_t acc = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+      res += sw[(int64_t)n * G + g] * (float)(acc - xsum[g]);
+    }
+    out[n] = res / xs;
+  }
+}
+#endif
+
 /* rows [n0, n1) for all M tokens: big tiles first, then the remainders with 1-wide tiles */
 static void tern_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                        const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
   if (M == 1) {
+#if defined(NC_VNNI) && !defined(NC_TILED_M1)
+    tern_rows_m1(N, K, xq, w, sw, G, xs[0], xsum, out, n0, n1);
+    return;
+#endif
     int nf = n0 + (n1 - n0) / 8 * 8;
     tern_rows(1, N, K, xq, w, sw, G, xs, xsum, out, n0, nf, 8, 1);
     tern_rows(1, N, K, xq, w, sw, G, xs, xsum, out, nf, n1, 1, 1);
@@ -170,7 +207,7 @@ void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float
                      const float* sw, int G, int Q, float* out, float* xn, int8_t* xq, float* xs, int32_t* xsum) {
   quant_rows(M, K, x, nw, eps, glu, xn, Q, G, xq, xs, xsum);
   int64_t work = (int64_t)M * N * K;
-  #pragma omp parallel if (work > 200000)
+  #pragma omp parallel if (work > NC_PARALLEL_WORK)
   {
     int t = omp_get_thread_num(), T = omp_get_num_threads();
     int per = ((N + T - 1) / T + 7) / 8 * 8;
@@ -178,130 +215,6 @@ void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float
     tern_range(M, N, K, xq, w, sw, G, xs, xsum, out, n0, n1);
   }
 }
-
-AI void f16_rows(int M, int N, int K, const float* x, const uint16_t* w, float* out, int n0, int n1, const int NR, const int MT) {
-  for (int n = n0; n + NR <= n1; n += NR)
-    for (int m0 = 0; m0 + MT <= M; m0 += MT) {
-#ifdef NC_AVX512
-      __m512 acc[16];
-      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_setzero_ps();
-      for (int k = 0; k < K; k += 16) {
-        __m512 xv[4];
-        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_ps(x + (int64_t)(m0 + i) * K + k);
-        _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
-          __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w + (int64_t)(n + r) * K + k)));
-          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) acc[r * MT + i] = _mm512_fmadd_ps(wv, xv[i], acc[r * MT + i]);
-        }
-      }
-      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
-        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) out[(int64_t)(m0 + i) * N + n + r] = _mm512_reduce_add_ps(acc[r * MT + i]);
-#else
-      for (int r = 0; r < NR; r++)
-        for (int i = 0; i < MT; i++) {
-          const _Float16* wr = (const _Float16*)(w + (int64_t)(n + r) * K);
-          const float* xr = x + (int64_t)(m0 + i) * K;
-          float sum = 0.f;
-          for (int k = 0; k < K; k++) sum += (float)wr[k] * xr[k];
-          out[(int64_t)(m0 + i) * N + n + r] = sum;
-        }
-#endif
-    }
-}
-
-static void f16_range(int M, int N, int K, const float* x, const uint16_t* w, float* out, int n0, int n1) {
-  if (M == 1) {
-    int nf = n0 + (n1 - n0) / 8 * 8;
-    f16_rows(1, N, K, x, w, out, n0, nf, 8, 1);
-    f16_rows(1, N, K, x, w, out, nf, n1, 1, 1);
-    return;
-  }
-  int nf = n0 + (n1 - n0) / 4 * 4, mf = M / 4 * 4;
-  f16_rows(mf, N, K, x, w, out, n0, nf, 4, 4);
-  f16_rows(mf, N, K, x, w, out, nf, n1, 1, 4);
-  for (int m = mf; m < M; m++) f16_range(1, N, K, x + (int64_t)m * K, w, out + (int64_t)m * N, n0, n1);
-}
-
-/* out[M, N] = x[M, K] @ w[N, K]^T with F16 weights; K must be a multiple of 16 */
-void nc_f16_gemm(int M, int N, int K, const float* x, const uint16_t* w, float* out) {
-  int64_t work = (int64_t)M * N * K;
-  #pragma omp parallel if (work > 200000)
-  {
-    int t = omp_get_thread_num(), T = omp_get_num_threads();
-    int per = ((N + T - 1) / T + 7) / 8 * 8;
-    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
-    f16_range(M, N, K, x, w, out, n0, n1);
-  }
-}
-/* ---- int8 x int8 (the approximate head): per-row weight scales, per-token activation scales */
-AI void i8_rows(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
-                const float* xs, float* out, int n0, int n1, const int NR, const int MT) {
-  for (int n = n0; n + NR <= n1; n += NR)
-    for (int m0 = 0; m0 + MT <= M; m0 += MT) {
-      int32_t acc[16];
-#ifdef NC_VNNI
-      __m512i va[16];
-      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm512_setzero_si512();
-      for (int k = 0; k < K; k += 64) {
-        __m512i xv[4];
-        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_si512(xu + (int64_t)(m0 + i) * K + k);
-        _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
-          __m512i wv = _mm512_loadu_si512(w + (int64_t)(n + r) * K + k);
-          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) va[r * MT + i] = _mm512_dpbusd_epi32(va[r * MT + i], xv[i], wv);
-        }
-      }
-      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
-#else
-      for (int r = 0; r < NR; r++)
-        for (int i = 0; i < MT; i++) {
-          int32_t sum = 0;
-          for (int k = 0; k < K; k++) sum += (int32_t)xu[(int64_t)(m0 + i) * K + k] * w[(int64_t)(n + r) * K + k];
-          acc[r * MT + i] = sum;
-        }
-#endif
-      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
-        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
-          out[(int64_t)(m0 + i) * N + n + r] = (float)(acc[r * MT + i] - 128 * wsum[n + r]) * sw[n + r] / xs[m0 + i];
-    }
-}
-
-static void i8_range(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
-                     const float* xs, float* out, int n0, int n1) {
-  if (M == 1) {
-    int nf = n0 + (n1 - n0) / 8 * 8;
-    i8_rows(1, N, K, xu, w, wsum, sw, xs, out, n0, nf, 8, 1);
-    i8_rows(1, N, K, xu, w, wsum, sw, xs, out, nf, n1, 1, 1);
-    return;
-  }
-  int nf = n0 + (n1 - n0) / 4 * 4, mf = M / 4 * 4;
-  i8_rows(mf, N, K, xu, w, wsum, sw, xs, out, n0, nf, 4, 4);
-  i8_rows(mf, N, K, xu, w, wsum, sw, xs, out, nf, n1, 1, 4);
-  for (int m = mf; m < M; m++)
-    i8_range(1, N, K, xu + (int64_t)m * K, w, wsum, sw, xs + m, out + (int64_t)m * N, n0, n1);
-}
-
-/* out[M, N] ~ x[M, K] @ (w * sw)^T with int8 w [N, K] (K a multiple of 64): x is quantized per
-   token to int8 and offset by 128 to be unsigned (vpdpbusd is u8 x s8), the offset removed with
-   wsum[n] = sum_k w[n, k]. Scratch: xu[M*K], xs[M]. */
-void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const int32_t* wsum, const float* sw,
-                  float* out, uint8_t* xu, float* xs) {
-  for (int m = 0; m < M; m++) {
-    const float* r = x + (int64_t)m * K;
-    float a = 0.f;
-    for (int k = 0; k < K; k++) { float v = fabsf(r[k]); a = v > a ? v : a; }
-    if (a < 1e-30f) a = 1e-30f;
-    float s = 127.f / a;
-    xs[m] = s;
-    for (int k = 0; k < K; k++) xu[(int64_t)m * K + k] = (uint8_t)((int)nearbyintf(r[k] * s) + 128);
-  }
-  int64_t work = (int64_t)M * N * K;
-  #pragma omp parallel if (work > 200000)
-  {
-    int t = omp_get_thread_num(), T = omp_get_num_threads();
-    int per = ((N + T - 1) / T + 7) / 8 * 8;
-    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
-    i8_range(M, N, K, xu, w, wsum, sw, xs, out, n0, n1);
-  }
-}
 """
 
-C_SOURCE = GEMM_SOURCE + ATTENTION_SOURCE
+C_SOURCE = GEMM_SOURCE + DENSE_SOURCE + ATTENTION_SOURCE

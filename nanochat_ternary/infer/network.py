@@ -6,9 +6,10 @@ MTP heads) on rows of tokens [N, D] instead of [B, T, D], with ternary projectio
 kernels and attention delegated to the KV cache. Projections that read the same input are fused
 (q|k|v and gate|up) so one kernel call reads both weight sets.
 
-Numerics follow the training model: RMSNorm is F.rms_norm, activations entering a ternary
-projection are quantized per token exactly like bitlinear.quantize_activation, the head is a
-float32 product with the F16 embedding, and mHC's H matrices come from model/mhc.py.
+Numerics follow the training model: RMSNorm (fused into the ternary kernel on the native
+back-end, F.rms_norm otherwise), activations entering a ternary projection quantized per token
+exactly like bitlinear.quantize_activation, mHC's H matrices from model/mhc.py, and a tied head
+whose top logits are exact float32 products with the F16 embedding (see tied_head).
 """
 
 from __future__ import annotations
@@ -156,11 +157,12 @@ class Network:
             return x
         X = x.unsqueeze(1).expand(-1, n, -1).contiguous()  # [N, n, D]: streams start as copies
         for i, L in enumerate(self.layers):
-            # per-token matmuls ([1, n] @ [n, D], [n, n] @ [n, D]): the same ops whatever N is
-            h = torch.matmul(L.h_pre, X).squeeze(1)
+            # broadcast multiply + sum over the n streams (not matmul: tiny GEMMs cost more in
+            # dispatch and threads than the maths, and their results may depend on N)
+            h = (L.h_pre[:, :, None] * X).sum(1)
             a = self._attention(i, L, h, attend)
             f = self._ffn(L, h + a)
-            X = torch.matmul(L.h_res, X) + L.h_post * (a + f).unsqueeze(1)
+            X = (L.h_res[None, :, :, None] * X[:, None]).sum(2) + L.h_post * (a + f).unsqueeze(1)
         return X.mean(dim=1)
 
     def tied_head(self, h: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,7 @@ def register(sub, bench) -> None:
 
     p = sub.add_parser("train", help="train a model")
     _config_args(p)
-    p.add_argument("--data", default="synthetic", help="'synthetic' (default), a folder of .rs files, or a prepared dataset")
+    p.add_argument("--data", default="synthetic", help="'synthetic' (default), 'synthetic-small' (narrowed, for the 2-minute e2e run), a folder of .rs files, or a prepared dataset")
     p.add_argument("--run-dir", default="runs/default")
     p.add_argument("--steps", type=int, default=None, help="override training.total_steps")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

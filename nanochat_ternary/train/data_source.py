@@ -1,6 +1,6 @@
 """Turn the `--data` argument into a prepared dataset folder (tokenizer + token shards).
 
-`synthetic` (the embedded default) and folders of `.rs` files are prepared once into a cache
+`synthetic` (the embedded default; `synthetic-small` is its narrowed flavour) and folders of `.rs` files are prepared once into a cache
 (`$NANOCHAT_DATA_CACHE`, default `~/.cache/nanochat/data`) and reused; a folder that already is a
 prepared dataset (it has `meta.json` and `train/`) is used as it is.
 """
@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..data.prepare import prepare_dataset
+from ..data.synthetic import FLAVOURS
 from ..errors import DataError
 
 
@@ -20,8 +21,8 @@ def cache_root() -> Path:
 
 
 def resolve_data(data: str, vocab_size: int, seed: int = 0, quiet: bool = False) -> Path:
-    if data == "synthetic":
-        return prepare_dataset("synthetic", cache_root() / f"synthetic_v{vocab_size}_s{seed}", vocab_size, seed=seed, progress=not quiet)
+    if data in FLAVOURS:  # "synthetic" (the default corpus) or "synthetic-small" (the e2e run's)
+        return prepare_dataset(data, cache_root() / f"{data}_v{vocab_size}_s{seed}", vocab_size, seed=seed, progress=not quiet)
     path = Path(data)
     if not path.is_dir():
         raise DataError(f"--data {data!r}: expected 'synthetic' or a directory (of .rs files, or a prepared dataset)")

@@ -59,6 +59,7 @@ def build_optimizers(model: nn.Module, tcfg: TrainingConfig) -> list[torch.optim
                 [{"params": muon_params, "initial_lr": lr}],
                 lr=lr,
                 momentum=tcfg.muon_momentum,
+                ns_steps=tcfg.muon_ns_steps,
                 weight_decay=tcfg.weight_decay,
             )
         )

@@ -1,0 +1,162 @@
+"""C source of the dense native kernels (appended to the ternary kernels by kernels_src.py).
+
+Why this module exists: besides ternary projections the engine multiplies by two dense matrices:
+F16 weights (dense models, and the exact tied head) and an int8 copy of the tied head.
+
+- `nc_f16_gemm`: F16 weights, F32 activations, F32 accumulation (F16 -> F32 is exact, so the only
+  rounding is the F32 sum, as in a float32 matmul). Every token row is summed in the same order
+  whatever the batch size, so results do not depend on batching.
+- `nc_int8_gemm`: int8 weights with per-row scales x per-token int8 activations (the approximate
+  head, network.Network.tied_head): exact integer sums, a float scale at the end.
+"""
+
+DENSE_SOURCE = r"""
+AI void f16_rows(int M, int N, int K, const float* x, const uint16_t* w, float* out, int n0, int n1, const int NR, const int MT) {
+  for (int n = n0; n + NR <= n1; n += NR)
+    for (int m0 = 0; m0 + MT <= M; m0 += MT) {
+#ifdef NC_AVX512
+      __m512 acc[16];
+      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_setzero_ps();
+      for (int k = 0; k < K; k += 16) {
+        __m512 xv[4];
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_ps(x + (int64_t)(m0 + i) * K + k);
+        _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+          __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w + (int64_t)(n + r) * K + k)));
+          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) acc[r * MT + i] = _mm512_fmadd_ps(wv, xv[i], acc[r * MT + i]);
+        }
+      }
+      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) out[(int64_t)(m0 + i) * N + n + r] = _mm512_reduce_add_ps(acc[r * MT + i]);
+#else
+      for (int r = 0; r < NR; r++)
+        for (int i = 0; i < MT; i++) {
+          const _Float16* wr = (const _Float16*)(w + (int64_t)(n + r) * K);
+          const float* xr = x + (int64_t)(m0 + i) * K;
+          float sum = 0.f;
+          for (int k = 0; k < K; k++) sum += (float)wr[k] * xr[k];
+          out[(int64_t)(m0 + i) * N + n + r] = sum;
+        }
+#endif
+    }
+}
+
+static void f16_range(int M, int N, int K, const float* x, const uint16_t* w, float* out, int n0, int n1) {
+  if (M == 1) {
+    int nf = n0 + (n1 - n0) / 8 * 8;
+    f16_rows(1, N, K, x, w, out, n0, nf, 8, 1);
+    f16_rows(1, N, K, x, w, out, nf, n1, 1, 1);
+    return;
+  }
+  int nf = n0 + (n1 - n0) / 4 * 4, mf = M / 4 * 4;
+  f16_rows(mf, N, K, x, w, out, n0, nf, 4, 4);
+  f16_rows(mf, N, K, x, w, out, nf, n1, 1, 4);
+  for (int m = mf; m < M; m++) f16_range(1, N, K, x + (int64_t)m * K, w, out + (int64_t)m * N, n0, n1);
+}
+
+/* out[M, N] = x[M, K] @ w[N, K]^T with F16 weights; K must be a multiple of 16 */
+void nc_f16_gemm(int M, int N, int K, const float* x, const uint16_t* w, float* out) {
+  int64_t work = (int64_t)M * N * K;
+  #pragma omp parallel if (work > NC_PARALLEL_WORK)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    int per = ((N + T - 1) / T + 7) / 8 * 8;
+    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+    f16_range(M, N, K, x, w, out, n0, n1);
+  }
+}
+/* ---- int8 x int8 (the approximate head): per-row weight scales, per-token activation scales */
+AI void i8_rows(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
+                const float* xs, float* out, int n0, int n1, const int NR, const int MT) {
+  for (int n = n0; n + NR <= n1; n += NR)
+    for (int m0 = 0; m0 + MT <= M; m0 += MT) {
+      int32_t acc[16];
+#ifdef NC_VNNI
+      __m512i va[16];
+      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm512_setzero_si512();
+      for (int k = 0; k < K; k += 64) {
+        __m512i xv[4];
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_si512(xu + (int64_t)(m0 + i) * K + k);
+        _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+          __m512i wv = _mm512_loadu_si512(w + (int64_t)(n + r) * K + k);
+          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) va[r * MT + i] = _mm512_dpbusd_epi32(va[r * MT + i], xv[i], wv);
+        }
+      }
+      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
+#else
+      for (int r = 0; r < NR; r++)
+        for (int i = 0; i < MT; i++) {
+          int32_t sum = 0;
+          for (int k = 0; k < K; k++) sum += (int32_t)xu[(int64_t)(m0 + i) * K + k] * w[(int64_t)(n + r) * K + k];
+          acc[r * MT + i] = sum;
+        }
+#endif
+      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
+          out[(int64_t)(m0 + i) * N + n + r] = (float)(acc[r * MT + i] - 128 * wsum[n + r]) * sw[n + r] / xs[m0 + i];
+    }
+}
+
+#if defined(NC_VNNI) && !defined(NC_TILED_M1)
+/* One token, one row at a time, read front to back (see tern_rows_m1); K a multiple of 64. */
+static void i8_rows_m1(int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
+                       float xs, float* out, int n0, int n1) {
+  for (int n = n0; n < n1; n++) {
+    const int8_t* wr = w + (int64_t)n * K;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 256 <= K; k += 256) {
+      a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xu + k), _mm512_loadu_si512(wr + k));
+      a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(xu + k + 64), _mm512_loadu_si512(wr + k + 64));
+      a2 = _mm512_dpbusd_epi32(a2, _mm512_loadu_si512(xu + k + 128), _mm512_loadu_si512(wr + k + 128));
+      a3 = _mm512_dpbusd_epi32(a3, _mm512_loadu_si512(xu + k + 192), _mm512_loadu_si512(wr + k + 192));
+    }
+    for (; k < K; k += 64) a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xu + k), _mm512_loadu_si512(wr + k));
+    int32_t acc = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+    out[n] = (float)(acc - 128 * wsum[n]) * sw[n] / xs;
+  }
+}
+#endif
+
+static void i8_range(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
+                     const float* xs, float* out, int n0, int n1) {
+  if (M == 1) {
+#if defined(NC_VNNI) && !defined(NC_TILED_M1)
+    i8_rows_m1(K, xu, w, wsum, sw, xs[0], out, n0, n1);
+    return;
+#endif
+    int nf = n0 + (n1 - n0) / 8 * 8;
+    i8_rows(1, N, K, xu, w, wsum, sw, xs, out, n0, nf, 8, 1);
+    i8_rows(1, N, K, xu, w, wsum, sw, xs, out, nf, n1, 1, 1);
+    return;
+  }
+  int nf = n0 + (n1 - n0) / 4 * 4, mf = M / 4 * 4;
+  i8_rows(mf, N, K, xu, w, wsum, sw, xs, out, n0, nf, 4, 4);
+  i8_rows(mf, N, K, xu, w, wsum, sw, xs, out, nf, n1, 1, 4);
+  for (int m = mf; m < M; m++)
+    i8_range(1, N, K, xu + (int64_t)m * K, w, wsum, sw, xs + m, out + (int64_t)m * N, n0, n1);
+}
+
+/* out[M, N] ~ x[M, K] @ (w * sw)^T with int8 w [N, K] (K a multiple of 64): x is quantized per
+   token to int8 and offset by 128 to be unsigned (vpdpbusd is u8 x s8), the offset removed with
+   wsum[n] = sum_k w[n, k]. Scratch: xu[M*K], xs[M]. */
+void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const int32_t* wsum, const float* sw,
+                  float* out, uint8_t* xu, float* xs) {
+  for (int m = 0; m < M; m++) {
+    const float* r = x + (int64_t)m * K;
+    float a = 0.f;
+    for (int k = 0; k < K; k++) { float v = fabsf(r[k]); a = v > a ? v : a; }
+    if (a < 1e-30f) a = 1e-30f;
+    float s = 127.f / a;
+    xs[m] = s;
+    for (int k = 0; k < K; k++) xu[(int64_t)m * K + k] = (uint8_t)((int)nearbyintf(r[k] * s) + 128);
+  }
+  int64_t work = (int64_t)M * N * K;
+  #pragma omp parallel if (work > NC_PARALLEL_WORK)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    int per = ((N + T - 1) / T + 7) / 8 * 8;
+    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+    i8_range(M, N, K, xu, w, wsum, sw, xs, out, n0, n1);
+  }
+}
+"""
