@@ -10,7 +10,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STEPS=1000
-MIN_RATE=${MIN_COMPILE_RATE:-0.80}
+# What the tiny model reaches after 1000 CPU steps: 25-39% of programs compile (64-sample runs);
+# the threshold sits below that spread (32 samples vary by about +-8 points) and far above the 0%
+# of a broken pipeline or an untrained model.
+MIN_RATE=${MIN_COMPILE_RATE:-0.15}
 COMPLETIONS=32
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,8 +40,9 @@ stage() {  # stage NAME COMMAND...: run, time, record; stop at the first failure
   local name=$1; shift
   local t0=$(date +%s.%N)
   echo "== $name" | tee -a "$LOG"
-  "$@" 2>&1 | tee -a "$LOG"
-  local rc=${PIPESTATUS[0]}
+  # not a pipeline: the command runs in this shell, so start_server's PORT/SERVER_PID persist
+  "$@" > >(tee -a "$LOG") 2>&1
+  local rc=$?
   local dt=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
   NAMES+=("$name"); TIMES+=("$dt"); STATUS+=("$([ $rc -eq 0 ] && echo ok || echo FAILED)")
   if [ $rc -ne 0 ]; then summary; echo "e2e: stage '$name' failed (exit $rc); log: $LOG" >&2; exit 1; fi
@@ -66,7 +70,7 @@ setup() {
 from nanochat_ternary.config import load_config
 from nanochat_ternary.train.data_source import resolve_data
 cfg = load_config('configs/models/tiny.toml')
-print('dataset:', resolve_data('synthetic', cfg.model.vocab_size, cfg.training.seed))"
+print('dataset:', resolve_data('synthetic-small', cfg.model.vocab_size, cfg.training.seed))"
 }
 
 NC="$VENV/bin/nanochat"
@@ -86,7 +90,7 @@ start_server() {
 stop_server() { kill "$SERVER_PID" && wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""; echo "server stopped"; }
 
 stage "1. setup" setup
-stage "2. train tiny ($STEPS steps)" "$NC" train --config configs/models/tiny.toml --run-dir "$RUN_DIR" --steps "$STEPS"
+stage "2. train tiny ($STEPS steps)" "$NC" train --config configs/models/tiny.toml --data synthetic-small --run-dir "$RUN_DIR" --steps "$STEPS"
 stage "3. export GGUF + .mhc" "$NC" export --checkpoint "$RUN_DIR" --output "$MODEL_DIR/model.gguf" --mhc-output "$MODEL_DIR/model.mhc"
 stage "4. start server" start_server
 stage "5. API: models, chat, stream" "$PY" -m nanochat_ternary.eval.api_check --base-url "http://127.0.0.1:$PORT" --completions 0

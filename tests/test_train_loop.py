@@ -89,6 +89,6 @@ def test_cli_train_and_sample(tmp_path, tiny_dataset):
     assert out.returncode == 0, out.stderr
     assert "step      4/4" in out.stdout and "ETA" in out.stdout and "tensorboard --logdir" in out.stdout
     out = subprocess.run([sys.executable, "-m", "nanochat_ternary.cli", "sample", "--checkpoint", str(tmp_path),
-                          "--prompt", "fn ", "-n", "8"], capture_output=True, text=True, timeout=120)
+                          "--prompt", "fn", "-n", "8"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("fn ") >= 1
+    assert "--- sample 0 ---\nfn" in out.stdout

@@ -41,7 +41,7 @@ TOKENIZER_TRAIN_BYTES = 5_000_000
 def _params(source: str, vocab_size: int, seed: int, n_programs: int, val_fraction: float) -> dict:
     params = {"version": META_VERSION, "vocab_size": vocab_size, "seed": seed, "val_fraction": val_fraction}
     if source in FLAVOURS:
-        params.update(source=source, n_programs=n_programs)
+        params.update(source=source, n_programs=n_programs, generator=FLAVOURS[source].fingerprint())
     else:
         params.update(source=str(Path(source).resolve()))
     return params

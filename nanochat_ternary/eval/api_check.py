@@ -22,8 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .compile import compile_many, first_error
 
-# openings of the kinds of programs in the corpus; each completion must finish the program
-PROMPTS = ["pub fn ", "fn ", "#[derive(Debug", "use std::", "pub struct ", "pub enum ", "/// ", "pub trait "]
+# openings of the kinds of programs in the corpus; each completion must finish the program.
+# No trailing spaces: BPE merges a space into the next word (" name"), so a prompt ending in a
+# bare space asks the model to continue from a token sequence it never saw in training.
+PROMPTS = ["pub fn", "fn", "///", "#[derive("]
 
 
 class CheckFailed(Exception):
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-url", required=True)
     p.add_argument("--api-key", default=None)
     p.add_argument("--completions", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--min-compile-rate", type=float, default=0.0)
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)

@@ -98,7 +98,7 @@ def register(sub, bench) -> None:
 
     p = sub.add_parser("sample", help="sample text from a training checkpoint")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--prompt", default="fn ")
+    p.add_argument("--prompt", default="fn", help="text to continue (avoid a trailing space: BPE merges it into the next word)")
     p.add_argument("-n", "--max-tokens", type=int, default=256)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.8)
