@@ -4,6 +4,10 @@ All variants are built up front and timed in interleaved rounds (A B C D, A B C 
 median step time of each is reported, so a noisy shared machine affects them alike; ratios are
 the figures to read, not the absolute times. A step is forward + backward + optimizer step on
 random tokens (the data loader is not part of what is compared).
+
+Peak memory on CUDA is the allocator's peak. On a CPU each variant runs two steps in a fresh
+process (the allocator of a process that already ran other variants would hide their memory),
+and the figure is that process's peak RSS minus its RSS before the model was built.
 """
 
 from __future__ import annotations
@@ -28,14 +32,6 @@ VARIANTS = {
 }
 
 
-def _rss_peak_reset() -> None:
-    try:  # Linux: writing 5 resets the peak RSS (VmHWM) of this process
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
 def _rss_kb(field: str) -> int:
     try:
         with open("/proc/self/status") as f:
@@ -45,6 +41,38 @@ def _rss_kb(field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def _child_peak(model_cfg: dict, training_cfg: dict, B: int, T: int, out) -> None:
+    from ..config import ModelConfig, TrainingConfig
+
+    torch.set_flush_denormal(True)
+    before = _rss_kb("VmRSS")
+    model = GPT(ModelConfig(**model_cfg))
+    tcfg = TrainingConfig(**training_cfg)
+    opts = build_optimizers(model, tcfg)
+    tokens = torch.randint(0, model.cfg.vocab_size, (B, T + 1))
+    for _ in range(2):
+        loss, _ = compute_loss(model, tokens, tcfg.entropy_weight, tcfg.mtp_weight if model.cfg.use_mtp else 0.0)
+        loss.backward()
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    out.put((_rss_kb("VmHWM") - before) / 1024)
+
+
+def cpu_peak_memory_mb(model_cfg, training_cfg, B: int, T: int) -> float:
+    """Peak RSS growth (MB) of two training steps of this model, measured in a fresh process."""
+    import dataclasses
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_child_peak, args=(dataclasses.asdict(model_cfg), dataclasses.asdict(training_cfg), B, T, out))
+    proc.start()
+    value = out.get(timeout=3600)
+    proc.join()
+    return float(value)
 
 
 def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, device: str | None = None,
@@ -79,12 +107,10 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
     for name, run in runs.items():  # warm up, and measure each variant's peak memory alone
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        _rss_peak_reset()
-        before = _rss_kb("VmRSS")
         for _ in range(warmup):
             step(run)
         run["peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
-                          else max(_rss_kb("VmHWM") - before, 0) / 1024)
+                          else cpu_peak_memory_mb(run["model"].cfg, cfg.training, B, T))
     for _ in range(rounds):
         for run in runs.values():
             for _ in range(steps):
