@@ -16,8 +16,9 @@ from torch import nn
 
 from nanochat_ternary.config import TrainingConfig
 from nanochat_ternary.errors import FormatError
+from nanochat_ternary.train.rng import rng_state, set_rng_state
 from nanochat_ternary.train.checkpoint import (
-    load_checkpoint, prune_checkpoints, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
+    load_checkpoint, prune_checkpoints, resolve_checkpoint, save_checkpoint,
 )
 from nanochat_ternary.train.optim import build_optimizers
 

@@ -12,20 +12,8 @@ import json
 import sys
 import time
 
+from ..cli_args import positive_int
 from ..errors import ConfigError
-
-
-def _positive(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {value}")
-        return value
-
-    return parse
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -99,13 +87,13 @@ def register(sub, bench) -> None:
     p.add_argument("--model", required=True, help="model.gguf")
     p.add_argument("--mhc", default=None, help="model.mhc (mHC models; default: next to the GGUF)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("-n", "--max-tokens", type=_positive("-n"), default=64)
+    p.add_argument("-n", "--max-tokens", type=positive_int("-n"), default=64)
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0.8, or 0 with --speculative)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--speculative", action="store_true", help="greedy self-speculative decoding with the MTP heads")
-    p.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int("--threads"), default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-bos", action="store_true", help="do not start the prompt with <|endoftext|>")
     p.set_defaults(func=cmd_generate)
 
@@ -113,9 +101,9 @@ def register(sub, bench) -> None:
     p.add_argument("--model", default=None, help="model.gguf")
     p.add_argument("--mhc", default=None)
     p.add_argument("--shape", default=None, choices=["nano", "tiny"], help="benchmark a random model of this shape instead")
-    p.add_argument("--threads", type=_positive("--threads"), default=2)
-    p.add_argument("--prompt-tokens", type=_positive("--prompt-tokens"), default=128)
-    p.add_argument("--decode-tokens", type=_positive("--decode-tokens"), default=64)
-    p.add_argument("--batch", type=_positive("--batch"), default=8)
+    p.add_argument("--threads", type=positive_int("--threads"), default=2)
+    p.add_argument("--prompt-tokens", type=positive_int("--prompt-tokens"), default=128)
+    p.add_argument("--decode-tokens", type=positive_int("--decode-tokens"), default=64)
+    p.add_argument("--batch", type=positive_int("--batch"), default=8)
     p.add_argument("--no-baseline", action="store_true", help="skip the fp32 PyTorch comparison")
     p.set_defaults(func=cmd_bench_infer)

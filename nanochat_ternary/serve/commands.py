@@ -14,22 +14,10 @@ from typing import Any
 
 import torch
 
+from ..cli_args import positive_int
 from ..errors import ConfigError
 
 API_KEY_ENV = "NANOCHAT_API_KEY"
-
-
-def _positive(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-
-    return parse
 
 
 def parse_clients(text: str) -> list[int]:
@@ -90,7 +78,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="the model's GGUF file")
     p.add_argument("--mhc", type=Path, default=None, help="the model's .mhc file (mHC models)")
-    p.add_argument("--threads", type=_positive("--threads"), default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
 
 
 def register(sub: Any, bench: Any) -> None:
@@ -99,17 +87,17 @@ def register(sub: Any, bench: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
-    p.add_argument("--max-batch", type=_positive("--max-batch"), default=8, help="sequences decoded together")
+    p.add_argument("--max-batch", type=positive_int("--max-batch"), default=8, help="sequences decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch before 429")
-    p.add_argument("--max-body-bytes", type=_positive("--max-body-bytes"), default=1_000_000)
+    p.add_argument("--max-body-bytes", type=positive_int("--max-body-bytes"), default=1_000_000)
     p.add_argument("--model-name", default=None, help="the id clients use (default: the GGUF's general.name)")
     p.set_defaults(func=cmd_serve)
 
     b = bench.add_parser("serve", help="throughput/latency of the HTTP server at several concurrency levels")
     _model_args(b)
     b.add_argument("--clients", default="1,4,8", help="concurrency levels, comma-separated")
-    b.add_argument("--max-tokens", type=_positive("--max-tokens"), default=64)
-    b.add_argument("--requests-per-client", type=_positive("--requests-per-client"), default=4)
-    b.add_argument("--rounds", type=_positive("--rounds"), default=3, help="interleaved repetitions; each level reports its best")
+    b.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=64)
+    b.add_argument("--requests-per-client", type=positive_int("--requests-per-client"), default=4)
+    b.add_argument("--rounds", type=positive_int("--rounds"), default=3, help="interleaved repetitions; each level reports its best")
     b.add_argument("--time-limit", type=float, default=60.0, help="seconds per level after which no new request starts")
     b.set_defaults(func=cmd_bench_serve)

@@ -32,7 +32,6 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import FormatError
-from .rng import rng_state, set_rng_state  # noqa: F401  (re-exported with the checkpoint API)
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"

@@ -21,10 +21,11 @@ from ..data.loader import TokenLoader
 from ..device import autocast, resolve_device, setup_device
 from ..errors import NanochatError
 from ..model.gpt import GPT, count_params
-from .checkpoint import load_checkpoint, prune_checkpoints, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from .data_source import resolve_data
 from .loss import compute_loss
 from .optim import build_optimizers, set_lr
+from .rng import rng_state, set_rng_state
 from .schedule import lr_multiplier
 from .tb_logger import TrainLogger
 
