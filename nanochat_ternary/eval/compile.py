@@ -30,7 +30,8 @@ class CompileResult:
 
 
 def rustc_path() -> str | None:
-    return shutil.which("rustc") or (os.path.expanduser("~/.cargo/bin/rustc") if os.path.exists(os.path.expanduser("~/.cargo/bin/rustc")) else None)
+    """rustc on PATH, or rustup's default location."""
+    return shutil.which("rustc") or shutil.which("rustc", path=os.path.expanduser("~/.cargo/bin"))
 
 
 def _limits() -> None:  # runs in the child before exec

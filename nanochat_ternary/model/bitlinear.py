@@ -62,8 +62,8 @@ class _STE(torch.autograd.Function):
     forward and their nodes in the backward (the quantizers are cheap but not free on a CPU)."""
 
     @staticmethod
-    def forward(ctx, x, quantize, *args):
-        return quantize(x, *args)
+    def forward(ctx, x, quantize, arg):
+        return quantize(x, arg)
 
     @staticmethod
     def backward(ctx, grad):
@@ -71,6 +71,7 @@ class _STE(torch.autograd.Function):
 
 
 def ste(x: torch.Tensor, quantize, arg) -> torch.Tensor:
+    """`quantize(x, arg)` in the forward pass, the identity in the backward pass."""
     return _STE.apply(x, quantize, arg)
 
 

@@ -22,8 +22,8 @@ def compute_loss(model: GPT, tokens: torch.Tensor, entropy_weight: float = 0.0, 
     logits, mtp_logits = model.forward_with_mtp(idx)
     logits = logits.float()
     V = logits.shape[-1]
-    ce = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
-    logp = F.log_softmax(logits, dim=-1)
+    logp = F.log_softmax(logits, dim=-1)  # computed once, for both the CE and the entropy
+    ce = F.nll_loss(logp.reshape(-1, V), targets.reshape(-1))
     entropy = -(logp.exp() * logp).sum(-1).mean()
     loss = ce - entropy_weight * entropy
     parts = {"ce": ce.detach(), "entropy": entropy.detach()}
