@@ -104,7 +104,7 @@ def test_macro_layout_helpers():
 
 @pytest.mark.skipif(RUSTC is None, reason="rustc not installed")
 def test_small_flavour_is_narrow_and_compiles():
-    from nanochat_ternary.data.synthetic_words import NOUNS
+    from nanochat_ternary.data.synthetic_words import ENUMS, NOUNS
     from nanochat_ternary.eval.compile import compile_many
 
     programs = generate_programs(200, seed=5, flavour="synthetic-small")
@@ -113,6 +113,14 @@ def test_small_flavour_is_narrow_and_compiles():
     used = {w for p in programs for w in NOUNS if f" {w}:" in p}
     assert used and used <= set(NOUNS[:6])
     assert len(set(programs)) > 150
+    # one item per program (a struct or enum with its impl): a completion is one whole program
+    assert all(len(re.findall(r"^(?:pub )?(?:fn|struct|enum) ", p, re.M)) == 1 for p in programs)
+    enums = [p for p in programs if "pub enum " in p]
+    assert enums
+    for p in enums:  # variants in their natural order (Low, Medium, High), match arms likewise
+        name = re.search(r"pub enum (\w+)", p).group(1).rstrip("0123456789")
+        declared = re.findall(r"^    (\w+),$", p, re.M)
+        assert declared == [v for v in ENUMS[name] if v in declared], p
     results = compile_many(programs[:12])
     assert all(r.ok for r in results), [r.stderr for r in results if not r.ok][:1]
     with pytest.raises(ValueError, match="unknown synthetic flavour"):

@@ -13,6 +13,7 @@ from nanochat_ternary.infer.sampling import (
     SamplingParams,
     apply_repetition_penalty,
     filtered_probs,
+    sample_batch,
 )
 
 
@@ -100,3 +101,23 @@ def test_invalid_params_name_the_field(kwargs, field):
 def test_rejects_batched_logits():
     with pytest.raises(ValueError, match="vocab"):
         Sampler(SamplingParams(seed=0))(torch.zeros(2, 3), [])
+
+
+def test_batched_sampling_matches_each_row_alone():
+    """The server samples a whole decode batch in one call; every row must get exactly the token
+    its own Sampler would have drawn alone (so a seed reproduces however requests are batched),
+    and a failing row must not pass silently."""
+    torch.manual_seed(0)
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, seed=1),
+              SamplingParams(temperature=1.3, seed=2), SamplingParams(temperature=0.7, top_k=5, seed=3),
+              SamplingParams(temperature=1.0, top_p=0.9, seed=4), SamplingParams(temperature=0.9, repetition_penalty=1.5, seed=5),
+              SamplingParams(temperature=0.5, seed=6)]
+    alone = [Sampler(p) for p in params]
+    batched = [Sampler(p) for p in params]
+    history = [3, 7, 7, 11]
+    for _ in range(50):
+        logits = torch.randn(len(params), 64) * 3
+        want = [s(row, history) for s, row in zip(alone, logits)]
+        assert sample_batch(batched, logits, [history] * len(params)) == want
+    with pytest.raises(ValueError, match="expects logits"):
+        sample_batch(batched, torch.randn(2, 64), [history] * 2)

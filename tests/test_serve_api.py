@@ -109,3 +109,22 @@ def test_seed_reproducibility_and_n(client, engine):
     streamed = list(chat(client, engine, seed=42, n=2, stream=True, **kw))
     texts = ["".join(c.choices[0].delta.content or "" for c in streamed if c.choices and c.choices[0].index == i) for i in (0, 1)]
     assert texts == [c.message.content for c in r.choices]
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_fast_content_chunks_are_the_same_json(chat, include_usage):
+    """Streamed tokens are formatted from a pre-serialised envelope; the result must parse to
+    exactly the chunk that json.dumps of the whole dict gives, for any text."""
+    import json
+
+    from nanochat_ternary.infer.sampling import SamplingParams
+    from nanochat_ternary.serve.generation import Job, SSEChunks
+
+    job = Job(chat=chat, model='m "q"', prompts=[[1]], n=2, max_tokens=4, params=SamplingParams(), stop=[],
+              ignore_eos=False, include_usage=include_usage)
+    sse = SSEChunks(job)
+    for text in ["fn", ' "quoted" \\ back', "line\nnext\t", "ünïcødé → 🦀", "</script>"]:
+        fast, slow = sse.content(1, text), sse.chunk(1, text, None)
+        assert fast.startswith("data: ") and fast.endswith("\n\n")
+        assert json.loads(fast[6:]) == json.loads(slow[6:])

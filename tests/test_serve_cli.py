@@ -73,6 +73,21 @@ def test_bench_serve_prints_json(gguf, capsys):
     assert report["throughput_ratio_2_to_1"] > 0
 
 
+def test_bench_serve_drives_a_running_server_by_url(gguf, capsys):
+    from nanochat_ternary.infer.engine import Engine
+    from nanochat_ternary.serve.app import create_app
+    from nanochat_ternary.serve.server import ServerThread
+
+    engine = Engine.load(gguf[1], gguf[3])
+    with ServerThread(create_app(engine, api_key="k", max_batch=2, model_name="remote")) as srv:
+        rc = main(["bench", "serve", "--url", srv.url, "--api-key", "k", "--clients", "2", "--max-tokens", "3",
+                   "--requests-per-client", "1", "--rounds", "1"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "remote" and report["url"] == srv.url
+    assert report["levels"][0]["generated_tokens"] == 2 * 3
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -80,6 +95,8 @@ def test_bench_serve_prints_json(gguf, capsys):
         (["bench", "serve", "--model", "/nonexistent/m.gguf"], "--model: file not found"),
         (["bench", "serve", "--model", "x.gguf", "--clients", "1,x"], "--clients"),
         (["bench", "serve", "--model", "x.gguf", "--clients", "0"], "--clients"),
+        (["bench", "serve"], "needs --model"),
+        (["bench", "serve", "--url", "http://127.0.0.1:9"], "--url: no OpenAI-compatible server"),
         (["serve", "--model", "x.gguf", "--port", "70000"], "--port"),
         (["serve", "--model", "x.gguf", "--max-queue", "-1"], "--max-queue"),
     ],

@@ -12,8 +12,10 @@ assertions hold (expected values are computed in Python), about 8-40 lines in to
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from .synthetic_funcs import arith_fn, loop_fn
 from .synthetic_iters import collection_fn, iter_fn, option_fn, result_fn
@@ -39,11 +41,14 @@ class Flavour:
     vocab: int | None = None  # words per name list (None: all)
     max_lines: int = MAX_LINES
     test_probability: float = TEST_PROBABILITY
+    max_items: int | None = None  # items per program (None: as many as fit the line target)
 
     def fingerprint(self) -> str:
-        """Identifies the corpus definition, so a prepared dataset is rebuilt when it changes."""
+        """Identifies the corpus definition (this flavour and the generator's source code), so a
+        prepared dataset is rebuilt when either changes."""
         names = ",".join(f"{t.__name__}:{w}" for t, w in self.templates)
-        return f"{names}|{self.vocab}|{self.max_lines}|{self.test_probability}"
+        code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("synthetic*.py"))))
+        return f"{names}|{self.vocab}|{self.max_lines}|{self.test_probability}|{self.max_items}|{code.hexdigest()[:16]}"
 
 
 # "synthetic": the full default corpus. "synthetic-small": the same generator narrowed (the
@@ -54,8 +59,8 @@ class Flavour:
 FLAVOURS = {
     "synthetic": Flavour(),
     "synthetic-small": Flavour(
-        templates=((loop_fn, 3), (iter_fn, 3), (numeric_struct, 1), (unit_enum, 2)),
-        vocab=6, max_lines=24, test_probability=0.0),
+        templates=((loop_fn, 2), (iter_fn, 2), (numeric_struct, 2), (unit_enum, 2)),
+        vocab=6, max_lines=24, test_probability=0.0, max_items=1),
 }
 
 
@@ -110,9 +115,9 @@ def generate_program(rng: random.Random, flavour: Flavour = FLAVOURS["synthetic"
         with_tests = with_tests and "#[cfg(test)]" in candidate
         items.append(item)
         text = candidate
-        if _lines(text) >= target:
+        if _lines(text) >= target or len(items) == flavour.max_items:
             break
-    if _lines(text) < MIN_LINES:  # eight over-long draws in a row (practically never)
+    if _lines(text) < MIN_LINES and flavour.max_items is None:  # eight over-long draws in a row (practically never)
         text = _assemble(items + [arith_fn(rng, names), arith_fn(rng, names)], False)
     return text
 

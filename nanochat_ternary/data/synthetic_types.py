@@ -110,7 +110,8 @@ def container_struct(rng: random.Random, nm: Names) -> Item:
 def unit_enum(rng: random.Random, nm: Names) -> Item:
     """A C-like enum and a `match` mapping variants to numbers, strings or the next variant."""
     name, variants = nm.enum()
-    variants = rng.sample(variants, rng.randint(3, len(variants)))
+    chosen = set(rng.sample(variants, rng.randint(3, len(variants))))
+    variants = [v for v in variants if v in chosen]  # in their natural order (Low, Medium, High)
     prefix = rng.choice([name, "Self"])
     kind = rng.randrange(3)
     method = {0: rng.choice(["code", "weight", "rank", "value"]), 1: rng.choice(["label", "name", "as_str"]),

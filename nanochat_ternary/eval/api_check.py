@@ -23,9 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from .compile import compile_many, first_error
 
 # openings of the kinds of programs in the corpus; each completion must finish the program.
-# No trailing spaces: BPE merges a space into the next word (" name"), so a prompt ending in a
-# bare space asks the model to continue from a token sequence it never saw in training.
-PROMPTS = ["pub fn", "fn", "///", "#[derive("]
+# Each prompt ends where the tokenizer's pre-tokenizer ends a piece: BPE merges a space into the
+# next word (" name") and an opening parenthesis into the next word ("(Debug"), so a prompt
+# ending in a bare space or "(" asks the model to continue from a token sequence it never saw
+# in training (a model that writes 60% compilable code after "pub fn" wrote 0% after "#[derive(").
+PROMPTS = ["pub fn", "fn", "///", "#[derive(Debug"]
 
 
 class CheckFailed(Exception):

@@ -77,12 +77,11 @@ class Engine:
     def _check(self, tokens: list[int], start: int) -> torch.Tensor:
         if not tokens:
             raise EngineInputError("no tokens given")
-        ids = torch.tensor(tokens, dtype=torch.long)
-        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+        if min(tokens) < 0 or max(tokens) >= self.vocab_size:  # on the list: cheaper than tensor ops per step
             raise EngineInputError(f"token id outside the vocabulary 0..{self.vocab_size - 1}")
         if start + len(tokens) > self.n_ctx:
             raise EngineInputError(f"sequence of {start + len(tokens)} tokens exceeds the context length {self.n_ctx}")
-        return ids
+        return torch.tensor(tokens, dtype=torch.long)
 
     # ---- forward passes ------------------------------------------------------------------
     @torch.no_grad()

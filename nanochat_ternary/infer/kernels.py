@@ -79,6 +79,8 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.nc_ternary_gemm.restype = None
     lib.nc_f16_gemm.argtypes = [i, i, i, p, p, p]
     lib.nc_f16_gemm.restype = None
+    lib.nc_f16_gather_dot.argtypes = [i, i, i, p, p, p, p]
+    lib.nc_f16_gather_dot.restype = None
     lib.nc_int8_gemm.argtypes = [i, i, i, p, p, p, p, p, p, p]
     lib.nc_int8_gemm.restype = None
     lib.nc_has_simd.restype = ctypes.c_int
@@ -237,6 +239,17 @@ def dense_matmul(x: torch.Tensor, w: DenseWeight, lib: ctypes.CDLL | None) -> to
         lib.nc_f16_gemm(x.shape[0], w.n_out, w.n_in, x.data_ptr(), w.w16.data_ptr(), out.data_ptr())
         return out
     return x @ w.w32.t()
+
+
+def gather_dot(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, lib: ctypes.CDLL | None) -> torch.Tensor:
+    """out[m, j] = x[m] . w[idx[m, j]] in float32, for x float32 [M, K], w [N, K], idx int64 [M, J]."""
+    if lib is not None and w.dtype == torch.float16 and w.shape[1] % 16 == 0:
+        x, idx = x.contiguous(), idx.contiguous()
+        out = torch.empty(idx.shape, dtype=torch.float32)
+        lib.nc_f16_gather_dot(idx.shape[0], idx.shape[1], w.shape[1], idx.data_ptr(), x.data_ptr(), w.data_ptr(), out.data_ptr())
+        return out
+    # multiply + row sum, not bmm: bmm's result depends on the batch size, this does not
+    return (w[idx].float() * x.unsqueeze(1)).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------

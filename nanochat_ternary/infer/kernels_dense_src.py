@@ -6,6 +6,8 @@ F16 weights (dense models, and the exact tied head) and an int8 copy of the tied
 - `nc_f16_gemm`: F16 weights, F32 activations, F32 accumulation (F16 -> F32 is exact, so the only
   rounding is the F32 sum, as in a float32 matmul). Every token row is summed in the same order
   whatever the batch size, so results do not depend on batching.
+- `nc_f16_gather_dot`: the same F16 dot products for a list of rows per token (the head's
+  exact rescoring of its top candidates).
 - `nc_int8_gemm`: int8 weights with per-row scales x per-token int8 activations (the approximate
   head, network.Network.tied_head): exact integer sums, a float scale at the end.
 """
@@ -64,6 +66,14 @@ void nc_f16_gemm(int M, int N, int K, const float* x, const uint16_t* w, float* 
     f16_range(M, N, K, x, w, out, n0, n1);
   }
 }
+/* out[m, j] = x[m, :] . w[idx[m, j], :] for j < J: the exact F16 rescoring of the head's top
+   candidates (network.Network.tied_head); summed exactly as nc_f16_gemm sums one row */
+void nc_f16_gather_dot(int M, int J, int K, const int64_t* idx, const float* x, const uint16_t* w, float* out) {
+  for (int m = 0; m < M; m++)
+    for (int j = 0; j < J; j++)
+      f16_rows(1, 1, K, x + (int64_t)m * K, w + idx[(int64_t)m * J + j] * K, out + (int64_t)m * J + j, 0, 1, 1, 1);
+}
+
 /* ---- int8 x int8 (the approximate head): per-row weight scales, per-token activation scales */
 AI void i8_rows(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
                 const float* xs, float* out, int n0, int n1, const int NR, const int MT) {

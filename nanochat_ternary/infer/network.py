@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..model.mhc import permutation_matrices, res_matrix
 from .gguf_model import GGUFModel, Projection
-from .kernels import dense_matmul, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, ternary_matmul
+from .kernels import dense_matmul, gather_dot, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, ternary_matmul
 
 # attention(layer, qkv [N, (H + 2 kv) * hd] before RoPE) -> [N, H * hd] (RoPE, cache, attention)
 Attend = Callable[[int, torch.Tensor], torch.Tensor]
@@ -177,9 +177,7 @@ class Network:
             return dense_matmul(h, self.head_weight, self.lib)
         logits = int8_matmul(h, self.head_i8, self.lib)
         top = logits.topk(min(RESCORE_TOP, logits.shape[1]), dim=-1).indices  # [N, k]
-        # multiply + row sum, not bmm: bmm's result depends on the batch size, this does not
-        exact = (self.embed_table[top].float() * h.unsqueeze(1)).sum(-1)
-        return logits.scatter_(1, top, exact)
+        return logits.scatter_(1, top, gather_dot(h, self.embed_table, top, self.lib))
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
         """Trunk state [N, D] -> logits [N, V] (final norm, tied head)."""

@@ -86,20 +86,53 @@ class Sampler:
             # torch seeds must fit in 64 bits; fold any Python int (negative too) into range
             self.generator.manual_seed(params.seed % (2**64))
 
+    def uniform(self) -> float:
+        """This request's next uniform draw in [0, 1) (exactly one per sampled token)."""
+        return torch.rand((), generator=self.generator, dtype=torch.float64).item()
+
     def __call__(self, logits: torch.Tensor, history: list[int]) -> int:
         """Next token id from float logits [vocab]; `history` is the prompt plus tokens so far."""
         if logits.dim() != 1:
             raise ValueError(f"Sampler expects logits of shape [vocab], got {tuple(logits.shape)}")
-        logits = apply_repetition_penalty(logits.float(), history, self.params.repetition_penalty)
-        if self.params.temperature == 0:
-            return int(torch.argmax(logits).item())
-        # inverse-CDF sampling with one uniform draw per step (see the module docstring)
-        u = torch.rand((), generator=self.generator, dtype=torch.float64).item()
-        if self.params.top_k == 0 and self.params.top_p >= 1.0:
-            # no filtering: skip the sort, walk the CDF in token-id order (as valid, and cheaper)
-            cdf = torch.cumsum(torch.softmax(logits.double() / self.params.temperature, dim=-1), dim=0)
-            index = int(torch.searchsorted(cdf, torch.tensor([u * cdf[-1].item()], dtype=torch.float64), right=True).item())
-            return min(index, cdf.numel() - 1)
-        probs, ids = filtered_probs(logits, self.params)
+        return sample_batch([self], logits.unsqueeze(0), [history])[0]
+
+
+def sample_batch(samplers: list[Sampler], logits: torch.Tensor, histories: list[list[int]]) -> list[int]:
+    """One token per row of `logits` [B, vocab], row i drawn by `samplers[i]`.
+
+    The rows that need no sorting (greedy, or temperature alone) are sampled together: one
+    softmax, one cumsum and one searchsorted for the whole batch instead of one each, which is
+    most of the per-token sampling cost in a batched server. Each row still draws its own
+    uniform number from its own generator, and every row's result is the same as when it is
+    sampled alone (row-wise kernels), so a seed reproduces its text however it was batched."""
+    if logits.dim() != 2 or logits.shape[0] != len(samplers):
+        raise ValueError(f"sample_batch expects logits [{len(samplers)}, vocab], got {tuple(logits.shape)}")
+    logits = logits.float()
+    penalised = [i for i, s in enumerate(samplers) if s.params.repetition_penalty != 1.0 and histories[i]]
+    if penalised:
+        logits = logits.clone()
+        for i in penalised:
+            logits[i] = apply_repetition_penalty(logits[i], histories[i], samplers[i].params.repetition_penalty)
+    out = [0] * len(samplers)
+    greedy, plain, filtered = [], [], []
+    for i, s in enumerate(samplers):
+        p = s.params
+        (greedy if p.temperature == 0 else plain if p.top_k == 0 and p.top_p >= 1.0 else filtered).append(i)
+    if greedy:
+        for i, t in zip(greedy, torch.argmax(logits[greedy], dim=-1).tolist()):
+            out[i] = t
+    if plain:
+        # inverse-CDF sampling with one uniform draw per step (see the module docstring); no
+        # filtering, so no sort: walk the CDF in token-id order (as valid, and cheaper)
+        u = torch.tensor([samplers[i].uniform() for i in plain], dtype=torch.float64)
+        temps = torch.tensor([samplers[i].params.temperature for i in plain], dtype=torch.float64)
+        cdf = torch.cumsum(torch.softmax(logits[plain].double() / temps[:, None], dim=-1), dim=-1)
+        index = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+        for i, t in zip(plain, index.clamp_max(cdf.shape[-1] - 1).tolist()):
+            out[i] = t
+    for i in filtered:
+        u = samplers[i].uniform()
+        probs, ids = filtered_probs(logits[i], samplers[i].params)
         index = int(torch.searchsorted(torch.cumsum(probs, dim=0), torch.tensor([u], dtype=torch.float64), right=True).item())
-        return int(ids[min(index, ids.numel() - 1)].item())
+        out[i] = int(ids[min(index, ids.numel() - 1)].item())
+    return out

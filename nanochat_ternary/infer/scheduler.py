@@ -7,7 +7,8 @@ scheduling, https://www.usenix.org/conference/osdi22/presentation/yu):
 1. drop cancelled sequences (their state, i.e. their KV cache, is freed with them);
 2. admit waiting requests into free slots (up to `max_batch`), prefill each, sample its first
    token;
-3. one batched `engine.decode` for every active sequence, then sample each with its own Sampler.
+3. one batched `engine.decode` for every active sequence, then one batched sampling call in which
+   each sequence draws from its own Sampler.
 
 Each generated token becomes an `Event` pushed into the request's asyncio queue with
 `loop.call_soon_threadsafe`, so the HTTP layer just awaits its queue. Every request samples
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import NanochatError
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, sample_batch
 from .stream import TextStream
 
 log = logging.getLogger(__name__)
@@ -278,8 +279,14 @@ class Scheduler:
                 self._finish(seq, seq.handle, Event(seq.handle.index, "", seq.generated, "error", f"decode failed: {e}"))
             return
         self.decode_steps_total += 1
-        for i, seq in enumerate(batch):
-            self._sample(seq, logits[i])
+        try:  # the whole batch at once (sampling.sample_batch) ...
+            tokens = sample_batch([s.sampler for s in batch], logits[:, : self.n_sampled], [s.history for s in batch])
+        except Exception:  # ... or, when some row fails, one by one so that only that request ends
+            for i, seq in enumerate(batch):
+                self._sample(seq, logits[i])
+            return
+        for seq, token in zip(batch, tokens):
+            self._on_token(seq, token)
 
     def _sample(self, seq: _Sequence, logits: torch.Tensor) -> None:
         try:

@@ -1,12 +1,16 @@
 """`nanochat bench serve`: throughput and latency of the real HTTP server under concurrency.
 
 Why this module exists: continuous batching is only worth its complexity if N concurrent clients
-get much more than 1 client's throughput. This starts the server in-process on a free loopback
-port and drives it with 1, 4, 8, ... concurrent streaming clients (each runs a bounded number of
-requests, and no new request starts after a per-level time limit), with `ignore_eos` so every
-request generates exactly `max_tokens`. Metrics follow vLLM's serving benchmark: TTFT (time to
-the first streamed text), TPOT (time per output token after the first, per request) and ITL
-(gaps between streamed chunks). The levels run in interleaved rounds and each reports its best.
+get much more than 1 client's throughput. This drives a server (`nanochat serve` started as a
+child process on a free loopback port, or any running one given by URL) with 1, 4, 8, ...
+concurrent streaming clients (each runs a bounded number of requests, and no new request starts
+after a per-level time limit), with `ignore_eos` so every request generates exactly
+`max_tokens`. Metrics follow vLLM's serving benchmark: TTFT (time to the first streamed text),
+TPOT (time per output token after the first, per request) and ITL (gaps between streamed
+chunks). The levels run in interleaved rounds and each reports its best.
+
+The server runs in its own process, as deployed: clients in the server's process would share
+its interpreter lock and measure themselves as much as the server.
 """
 
 from __future__ import annotations
@@ -15,13 +19,12 @@ import asyncio
 import json
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import NanochatError
-from .app import create_app
-from .server import ServerThread
 
 DEFAULT_PROMPT = "Write a Rust function that adds two numbers."
 
@@ -37,17 +40,17 @@ async def _read_chunked(reader: asyncio.StreamReader):
         yield data
 
 
-async def _one_request(host: str, port: int, body: bytes) -> dict[str, Any]:
+async def _one_request(host: str, port: int, body: bytes, auth: bytes = b"") -> dict[str, Any]:
     """Stream one chat completion over a raw HTTP/1.1 connection; return timings and tokens.
 
-    A hand-rolled client: the benchmark runs in the server's process on few cores, and a full
-    HTTP client library costs more CPU per streamed token than the server does, which would
-    measure the client instead of the server."""
+    A hand-rolled client: on a machine with few cores the clients share the CPU with the server,
+    and a full HTTP client library costs more CPU per streamed token than the server does, which
+    would measure the client instead of the server."""
     t0 = time.perf_counter()
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (host.encode(), port, len(body), body))
+                     b"%sContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (host.encode(), port, auth, len(body), body))
         await writer.drain()
         status = int((await reader.readline()).split()[1])
         headers = {}
@@ -78,7 +81,8 @@ async def _one_request(host: str, port: int, body: bytes) -> dict[str, Any]:
     return {"t0": t0, "chunks": chunk_times, "tokens": tokens}
 
 
-async def _level(host: str, port: int, clients: int, body: bytes, requests_per_client: int, time_limit_s: float, bar: tqdm) -> dict:
+async def _level(host: str, port: int, clients: int, body: bytes, requests_per_client: int, time_limit_s: float, bar: tqdm,
+                 auth: bytes = b"") -> dict:
     deadline = time.perf_counter() + time_limit_s
     results: list[dict] = []
 
@@ -86,13 +90,13 @@ async def _level(host: str, port: int, clients: int, body: bytes, requests_per_c
         for _ in range(requests_per_client):
             if time.perf_counter() > deadline:
                 return
-            results.append(await _one_request(host, port, body))
+            results.append(await _one_request(host, port, body, auth))
             bar.update(1)
 
     start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client_loop() for _ in range(clients)))
     report = _summarise(clients, results, time.perf_counter() - start)
-    report["process_cpu_s"] = round(time.process_time() - cpu, 3)  # server + clients, all threads
+    report["client_cpu_s"] = round(time.process_time() - cpu, 3)  # the benchmark's own CPU time
     return report
 
 
@@ -119,28 +123,31 @@ def _summarise(clients: int, results: list[dict], wall: float) -> dict:
     }
 
 
-def bench_serve(engine: Any, clients: list[int], max_tokens: int = 64, requests_per_client: int = 4,
-                time_limit_s: float = 60.0, rounds: int = 3, prompt: str = DEFAULT_PROMPT, progress: bool = True) -> dict:
-    """Run every concurrency level `rounds` times, interleaved, against one in-process server;
-    each level reports its fastest round (background load on a shared machine only ever slows a
-    round down, so the best round is the least disturbed one)."""
-    app = create_app(engine, max_batch=max(clients), max_queue=max(clients))
-    name = engine.name
-    body = {"model": name, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+def bench_serve(url: str, model: str, clients: list[int], max_tokens: int = 64, requests_per_client: int = 4,
+                time_limit_s: float = 60.0, rounds: int = 3, prompt: str = DEFAULT_PROMPT, api_key: str | None = None,
+                progress: bool = True) -> dict:
+    """Run every concurrency level `rounds` times, interleaved, against the server at `url`
+    (http://host:port); each level reports its fastest round (background load on a shared
+    machine only ever slows a round down, so the best round is the least disturbed one)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or not parts.port:
+        raise NanochatError(f"bench serve needs a plain http://HOST:PORT URL, got {url!r}")
+    host, port = parts.hostname, parts.port
+    auth = f"Authorization: Bearer {api_key}\r\n".encode() if api_key else b""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0.8, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
     runs: dict[int, list[dict]] = {c: [] for c in clients}
-    with ServerThread(app) as srv:
-        warm = tqdm(total=1, desc="warm-up", disable=not progress, leave=False)
-        warm_body = json.dumps({**body, "max_tokens": min(8, max_tokens)}).encode()
-        asyncio.run(_level(srv.host, srv.port, 1, warm_body, 1, time_limit_s, warm))
-        warm.close()
-        with tqdm(total=rounds * sum(clients) * requests_per_client, desc="bench serve", disable=not progress, leave=False) as bar:
-            for _ in range(rounds):
-                for c in clients:
-                    runs[c].append(asyncio.run(_level(srv.host, srv.port, c, json.dumps(body).encode(), requests_per_client,
-                                                      time_limit_s, bar)))
+    warm = tqdm(total=1, desc="warm-up", disable=not progress, leave=False)
+    warm_body = json.dumps({**body, "max_tokens": min(8, max_tokens)}).encode()
+    asyncio.run(_level(host, port, 1, warm_body, 1, time_limit_s, warm, auth))
+    warm.close()
+    with tqdm(total=rounds * sum(clients) * requests_per_client, desc="bench serve", disable=not progress, leave=False) as bar:
+        for _ in range(rounds):
+            for c in clients:
+                runs[c].append(asyncio.run(_level(host, port, c, json.dumps(body).encode(), requests_per_client,
+                                                  time_limit_s, bar, auth)))
     levels = [max(runs[c], key=lambda lv: lv["tokens_per_s"] or 0.0) for c in clients]
-    report: dict[str, Any] = {"model": name, "max_tokens": max_tokens, "requests_per_client": requests_per_client,
+    report: dict[str, Any] = {"model": model, "url": url, "max_tokens": max_tokens, "requests_per_client": requests_per_client,
                               "rounds": rounds, "levels": levels}
     base = next((lv for lv in levels if lv["clients"] == 1), None)
     top = max(levels, key=lambda lv: lv["clients"])

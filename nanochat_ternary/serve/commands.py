@@ -1,7 +1,8 @@
 """CLI: `nanochat serve` (the HTTP server) and `nanochat bench serve` (its benchmark).
 
 Why this module exists: the dispatcher in cli.py imports each stage's `register`; this one
-parses and checks the serving options and loads the Engine from a GGUF (+ .mhc) file.
+parses and checks the serving options and loads the Engine from a GGUF (+ .mhc) file. The
+benchmark serves the model in a child process (server.ServerProcess) or drives `--url`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ..cli_args import positive_int
 from ..errors import ConfigError
+from .server import default_threads
 
 API_KEY_ENV = "NANOCHAT_API_KEY"
 
@@ -31,14 +33,18 @@ def parse_clients(text: str) -> list[int]:
     return sorted(set(levels))
 
 
+def _check_files(args: argparse.Namespace) -> None:
+    for flag, path in (("--model", args.model), ("--mhc", args.mhc)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{flag}: file not found: {path}")
+
+
 def _load_engine(args: argparse.Namespace) -> Any:
     from ..infer.engine import Engine  # imported here: loading torch models is slow
 
     torch.set_flush_denormal(True)
-    for flag, path in (("--model", args.model), ("--mhc", args.mhc)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{flag}: file not found: {path}")
-    return Engine.load(args.model, args.mhc, num_threads=args.threads)
+    _check_files(args)
+    return Engine.load(args.model, args.mhc, num_threads=args.threads or default_threads())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -65,20 +71,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
+    import urllib.request
+
     from .bench import bench_serve
+    from .server import ServerProcess
 
     clients = parse_clients(args.clients)
-    engine = _load_engine(args)
-    report = bench_serve(engine, clients, max_tokens=args.max_tokens, requests_per_client=args.requests_per_client,
-                         time_limit_s=args.time_limit, rounds=args.rounds)
+    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    kwargs = dict(max_tokens=args.max_tokens, requests_per_client=args.requests_per_client, time_limit_s=args.time_limit,
+                  rounds=args.rounds, api_key=api_key)
+    if args.url is not None:  # a server that is already running
+        req = urllib.request.Request(args.url.rstrip("/") + "/v1/models",
+                                     headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                model = json.loads(resp.read())["data"][0]["id"]
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            raise ConfigError(f"--url: no OpenAI-compatible server answered at {args.url}/v1/models ({e})") from None
+        report = bench_serve(args.url.rstrip("/"), model, clients, **kwargs)
+    else:
+        if args.model is None:
+            raise ConfigError("bench serve needs --model (a GGUF to serve) or --url (a running server)")
+        _check_files(args)
+        serve_args = ["--model", str(args.model), "--max-batch", str(max(clients)), "--max-queue", str(max(clients)),
+                      "--model-name", "bench", "--threads", str(args.threads or default_threads())]
+        if args.mhc is not None:
+            serve_args += ["--mhc", str(args.mhc)]
+        # the key goes by environment, not argv (which other users can read in `ps`)
+        with ServerProcess(serve_args, env={**os.environ, API_KEY_ENV: api_key or ""}) as srv:
+            report = bench_serve(srv.url, "bench", clients, **kwargs)
+        report["server_threads"] = args.threads or default_threads()
     print(json.dumps(report, indent=2))
     return 0
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="the model's GGUF file")
+def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, type=Path, help="the model's GGUF file")
     p.add_argument("--mhc", type=Path, default=None, help="the model's .mhc file (mHC models)")
-    p.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int("--threads"), default=None,
+                   help=f"engine compute threads (default: the usable cores but one, left to the HTTP event loop: {default_threads()} here)")
 
 
 def register(sub: Any, bench: Any) -> None:
@@ -94,7 +125,9 @@ def register(sub: Any, bench: Any) -> None:
     p.set_defaults(func=cmd_serve)
 
     b = bench.add_parser("serve", help="throughput/latency of the HTTP server at several concurrency levels")
-    _model_args(b)
+    _model_args(b, required=False)
+    b.add_argument("--url", default=None, help="bench this running server (http://HOST:PORT) instead of serving --model")
+    b.add_argument("--api-key", default=None, help=f"the server's API key (default: ${API_KEY_ENV})")
     b.add_argument("--clients", default="1,4,8", help="concurrency levels, comma-separated")
     b.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=64)
     b.add_argument("--requests-per-client", type=positive_int("--requests-per-client"), default=4)

@@ -151,34 +151,53 @@ def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def stream(gen: Generation) -> AsyncIterator[str]:
-    """SSE chunks: deltas per choice, a finish chunk per choice, the usage chunk, [DONE]."""
-    job = gen.job
-    base = _envelope(job, chunk=True)
-    if job.include_usage:
-        base["usage"] = None  # OpenAI: null on every chunk but the last
+class SSEChunks:
+    """The SSE events of one streamed Job (https://platform.openai.com/docs/api-reference/chat-streaming)."""
 
-    def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> str:
-        if job.chat:
+    def __init__(self, job: Job):
+        self.job = job
+        self.base = _envelope(job, chunk=True)
+        if job.include_usage:
+            self.base["usage"] = None  # OpenAI: null on every chunk but the last
+        # the hot path, one content delta per token, is formatted from a pre-serialised envelope
+        # rather than by json.dumps of the whole chunk (the same JSON, a fraction of the work)
+        self._head = "data: " + json.dumps(self.base, ensure_ascii=False)[:-1] + ',"choices":[{"index":'
+        self._field = ',"delta":{"content":' if job.chat else ',"text":'
+        self._tail = ("}" if job.chat else "") + ',"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def content(self, index: int, text: str) -> str:
+        """A chunk carrying `text` for choice `index` (same JSON as `chunk(index, text, None)`)."""
+        return f"{self._head}{index}{self._field}{json.dumps(text, ensure_ascii=False)}{self._tail}"
+
+    def chunk(self, index: int, text: str | None, finish: str | None, role: bool = False) -> str:
+        if self.job.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-        return _sse({**base, "choices": [choice]})
+        return _sse({**self.base, "choices": [choice]})
 
+    def usage(self, usage: dict[str, int]) -> str:
+        return _sse({**self.base, "choices": [], "usage": usage})
+
+
+async def stream(gen: Generation) -> AsyncIterator[str]:
+    """SSE chunks: deltas per choice, a finish chunk per choice, the usage chunk, [DONE]."""
+    job = gen.job
+    sse = SSEChunks(job)
     try:
         if job.chat:
             for i in range(len(gen.completion_tokens)):
-                yield chunk(i, None, None, role=True)
+                yield sse.chunk(i, None, None, role=True)
         parts: list[str] = []  # SSE events not yet written
         async for ev in gen.events():
             if ev.finish_reason == "error":
                 yield "".join(parts) + _sse(error_body(500, f"generation failed: {ev.error}", "generation_failed"))
                 return
             if ev.text:
-                parts.append(chunk(ev.index, ev.text, None))
+                parts.append(sse.content(ev.index, ev.text))
             if ev.finish_reason is not None:
-                parts.append(chunk(ev.index, None, ev.finish_reason))
+                parts.append(sse.chunk(ev.index, None, ev.finish_reason))
             if parts and gen.queue.empty():  # one write for all events already waiting, not one each
                 yield "".join(parts)
                 parts.clear()
@@ -187,7 +206,7 @@ async def stream(gen: Generation) -> AsyncIterator[str]:
         if parts:
             yield "".join(parts)
         if job.include_usage:
-            yield _sse({**base, "choices": [], "usage": gen.usage()})
+            yield sse.usage(gen.usage())
         yield _sse("[DONE]")
     finally:
         gen.close()
