@@ -94,3 +94,36 @@ def test_errors(shard_dir, tmp_path):
     loader = TokenLoader(shard_dir, 1, 8)
     with pytest.raises(DataError, match="malformed"):
         loader.load_state_dict({"version": 1})
+
+
+def test_aligned_windows_start_at_documents_and_cover_long_ones(tmp_path):
+    """With align_token, every window starts at a document start (the token) or at a multiple of
+    seq_len inside a document longer than a window; short documents are seen whole."""
+    rng = np.random.default_rng(0)
+    lengths = [5, 9, 40, 3, 100, 7, 12]  # document bodies; 40 and 100 are longer than a window
+    docs = [np.concatenate([[0], rng.integers(5, 1000, n)]) for n in lengths * 3]
+    write_shards(docs, tmp_path, shard_tokens=64)  # documents straddle shard boundaries
+    stream = np.concatenate(docs)
+    doc_starts = np.flatnonzero(stream == 0)
+    seq = 16
+    want = set(doc_starts.tolist())
+    for d, e in zip(doc_starts, np.append(doc_starts[1:], len(stream))):
+        want |= set(range(d + seq, e, seq))
+    want = {s for s in want if s <= len(stream) - seq - 1}
+    with TokenLoader(tmp_path, batch_size=8, seq_len=seq, seed=3, align_token=0) as loader:
+        assert set(loader.window_starts.tolist()) == want
+        seen = set()
+        for batch in _take(loader, 60):
+            for row in batch.numpy():
+                start = next(s for s in want if np.array_equal(stream[s:s + seq + 1], row))
+                seen.add(start)
+        assert seen == want  # every aligned start is drawn, nothing else is
+    with TokenLoader(tmp_path, batch_size=8, seq_len=seq, seed=3, align_token=0) as a, \
+            TokenLoader(tmp_path, batch_size=8, seq_len=seq, seed=3, align_token=0, num_workers=2, prefetch_batches=2) as b:
+        assert all(torch.equal(x, y) for x, y in zip(_take(a, 5), _take(b, 5)))
+
+
+def test_aligned_windows_need_document_starts(shard_dir):
+    # the fixture's stream is 0..2999: token 0 occurs once, token 5000 never
+    with pytest.raises(DataError, match="no document starts"):
+        TokenLoader(shard_dir, batch_size=2, seq_len=16, align_token=5000)

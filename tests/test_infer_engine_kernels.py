@@ -90,6 +90,23 @@ def test_f16_and_int8_head(lib, portable, m):
     assert torch.equal(K.int8_matmul(x, K.make_int8(w), portable), approx)
 
 
+def test_gather_dot_rescoring(lib, portable):
+    """The head's exact rescoring: out[m, j] = x[m] . w[idx[m, j]], equal to the F16 GEMM's own
+    logits, and each row independent of the others (results must not depend on batching)."""
+    g = torch.Generator().manual_seed(4)
+    w = (torch.randn(300, 256, generator=g) * 0.05).half()
+    x = torch.randn(5, 256, generator=g)
+    idx = torch.randint(0, 300, (5, 17), generator=g)
+    ref = (x @ w.float().t()).gather(1, idx)
+    for lb in (lib, portable, None):
+        out = K.gather_dot(x, w, idx, lb)
+        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
+        if lb is not None:  # bitwise the logits the exact F16 head computes, row by row
+            full = K.dense_matmul(x, K.make_dense(w, lb), lb)
+            assert torch.equal(out, full.gather(1, idx))
+            assert torch.equal(K.gather_dot(x[2:3], w, idx[2:3], lb), out[2:3])
+
+
 def test_compile_cache_reuses_library(tmp_path):
     a = K.compile_kernels(("-mno-avx512f",), cache_dir=tmp_path)
     mtime = a.stat().st_mtime_ns

@@ -8,6 +8,15 @@ reproducibly. Batch k is a pure function of (seed, k, rank): its window starts a
   in order 0, 1, 2, ... and the sequence is identical to `num_workers=0`;
 - DDP ranks draw different windows without coordinating.
 Inputs are `batch[:, :-1]`, targets `batch[:, 1:]`.
+
+Windows start anywhere, or, with `align_token` (the token that opens every document: prepare.py
+writes each document as [eos] + tokens), only where a document starts and, inside a document
+longer than a window, every `seq_len` tokens after its start, so no part of it is out of reach.
+Aligned windows show the model each short document whole: a window that starts mid-document
+holds uses of names whose definitions lie before it, so copying them cannot be learned from it.
+That made the difference between 30% and 77% of generated programs compiling for the tiny model
+of scripts/validate_e2e.sh (same steps and time); nanochat aligns its rows to BOS for the same
+reason.
 """
 
 from __future__ import annotations
@@ -24,6 +33,22 @@ from .shards import ShardReader
 STATE_VERSION = 1
 
 
+def aligned_starts(reader: ShardReader, token: int, seq_len: int) -> np.ndarray:
+    """Window starts at each `token` (a document start) and every `seq_len` tokens inside longer
+    documents; only those with a whole window of `seq_len + 1` tokens after them."""
+    docs = reader.positions_of(token)
+    if len(docs) == 0:
+        raise DataError(f"{reader.dir}: no document starts (token {token}) to align windows to; "
+                        "prepare the data with this project, or set training.align_windows = false")
+    ends = np.append(docs[1:], reader.total_tokens)
+    extra = [np.arange(d + seq_len, e, seq_len) for d, e in zip(docs, ends) if e - d > seq_len]
+    starts = np.sort(np.concatenate([docs, *extra])) if extra else docs
+    starts = starts[starts <= reader.total_tokens - (seq_len + 1)]
+    if len(starts) == 0:
+        raise DataError(f"{reader.dir}: no aligned window of {seq_len + 1} tokens fits the data")
+    return starts
+
+
 class TokenLoader:
     """Random `[batch_size, seq_len + 1]` windows of a shard folder (see module docstring).
 
@@ -32,7 +57,7 @@ class TokenLoader:
     """
 
     def __init__(self, shard_dir: Path, batch_size: int, seq_len: int, seed: int = 0, num_workers: int = 0,
-                 prefetch_batches: int = 0, rank: int = 0, world_size: int = 1):
+                 prefetch_batches: int = 0, rank: int = 0, world_size: int = 1, align_token: int | None = None):
         for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("seed", seed, 0),
                                  ("num_workers", num_workers, 0), ("prefetch_batches", prefetch_batches, 0),
                                  ("rank", rank, 0), ("world_size", world_size, 1)):
@@ -44,6 +69,7 @@ class TokenLoader:
         if self.reader.total_tokens < seq_len + 1:
             raise DataError(f"{shard_dir}: {self.reader.total_tokens} tokens is shorter than seq_len + 1 = {seq_len + 1}")
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.window_starts = None if align_token is None else aligned_starts(self.reader, align_token, seq_len)
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.prefetch_batches = num_workers, prefetch_batches
         self._pos = 0  # index of the next batch to hand out
@@ -62,7 +88,10 @@ class TokenLoader:
         """Batch number k (pure function of seed, k, rank)."""
         rng = np.random.default_rng([self.seed, k, self.rank])
         span = self.seq_len + 1
-        starts = rng.integers(0, self.reader.total_tokens - span + 1, size=self.batch_size)
+        if self.window_starts is None:
+            starts = rng.integers(0, self.reader.total_tokens - span + 1, size=self.batch_size)
+        else:
+            starts = self.window_starts[rng.integers(0, len(self.window_starts), size=self.batch_size)]
         rows = np.stack([self.reader.get(int(s), span) for s in starts]).astype(np.int64)
         return torch.from_numpy(rows)
 

@@ -119,6 +119,11 @@ class ShardReader:
     def __len__(self) -> int:
         return self.total_tokens
 
+    def positions_of(self, token: int) -> np.ndarray:
+        """Every position (int64, ascending) of the stream that holds `token`, shard by shard."""
+        found = [np.flatnonzero(m == token) + int(start) for m, start in zip(self._maps, self._starts)]
+        return np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
+
     def get(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start + length) as a fresh array (copied out of the maps)."""
         if start < 0 or length < 0 or start + length > self.total_tokens:

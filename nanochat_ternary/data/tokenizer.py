@@ -38,6 +38,7 @@ EOS_TOKEN = "<|endoftext|>"
 IM_START_TOKEN = "<|im_start|>"
 IM_END_TOKEN = "<|im_end|>"
 SPECIAL_TOKENS = [EOS_TOKEN, IM_START_TOKEN, IM_END_TOKEN]  # ids 0, 1, 2 in this order
+EOS_ID = 0  # also what opens every document in the shards (prepare.py)
 
 # 256 byte tokens + the specials + a few merges: anything smaller cannot be a useful BPE vocab.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 5
@@ -175,7 +176,7 @@ class Tokenizer:
 
     @property
     def eos_id(self) -> int:
-        return 0
+        return EOS_ID
 
     @property
     def bos_id(self) -> int:

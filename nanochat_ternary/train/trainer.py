@@ -18,6 +18,7 @@ import torch
 
 from ..config import Config, config_from_dict, require_supported
 from ..data.loader import TokenLoader
+from ..data.tokenizer import EOS_ID
 from ..device import autocast, resolve_device, setup_device
 from ..errors import NanochatError
 from ..model.gpt import GPT, count_params
@@ -89,6 +90,7 @@ def train(
         data_dir / "train", t.batch_size, t.seq_length, seed=t.seed,
         num_workers=t.num_workers if t.use_async_loader else 0,
         prefetch_batches=t.prefetch_batches if t.use_async_loader else 0,
+        align_token=EOS_ID if t.align_windows else None,
     )
     start_step, bad_total = 0, 0
     if ckpt:
