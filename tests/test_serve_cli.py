@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import torch
 from helpers import make_tiny_gguf
 
 from nanochat_ternary.cli import main
+from nanochat_ternary.serve.server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,8 @@ def gguf(tmp_path_factory):
     return ["--model", str(path), "--mhc", str(mhc)]  # an mHC model, to cover --mhc too
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_subprocess_with_env_api_key(gguf):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "NANOCHAT_API_KEY": "env-key"}
     proc = subprocess.Popen([sys.executable, "-m", "nanochat_ternary.cli", "serve", *gguf, "--port", str(port),
                              "--max-batch", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -104,3 +98,12 @@ def test_bench_serve_drives_a_running_server_by_url(gguf, capsys):
 def test_bad_options_exit_2_with_a_message(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_serve_reports_a_server_that_cannot_start(tmp_path, capsys):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 60)  # a truncated header: the child server exits at once
+    rc = main(["bench", "serve", "--model", str(bad), "--clients", "1", "--rounds", "1"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "the server process exited" in err and "broken.gguf" in err
