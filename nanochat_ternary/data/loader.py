@@ -14,9 +14,9 @@ writes each document as [eos] + tokens), only where a document starts and, insid
 longer than a window, every `seq_len` tokens after its start, so no part of it is out of reach.
 Aligned windows show the model each short document whole: a window that starts mid-document
 holds uses of names whose definitions lie before it, so copying them cannot be learned from it.
-That made the difference between 30% and 77% of generated programs compiling for the tiny model
-of scripts/validate_e2e.sh (same steps and time); nanochat aligns its rows to BOS for the same
-reason.
+For the tiny model of scripts/validate_e2e.sh (same seed, steps and time) that took the share of
+generated programs that compile from 38 to 100 of 128; nanochat aligns its rows to BOS for the
+same reason.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def aligned_starts(reader: ShardReader, token: int, seq_len: int) -> np.ndarray:
         raise DataError(f"{reader.dir}: no document starts (token {token}) to align windows to; "
                         "prepare the data with this project, or set training.align_windows = false")
     ends = np.append(docs[1:], reader.total_tokens)
-    extra = [np.arange(d + seq_len, e, seq_len) for d, e in zip(docs, ends) if e - d > seq_len]
+    long = np.flatnonzero(ends - docs > seq_len)
+    extra = [np.arange(docs[i] + seq_len, ends[i], seq_len) for i in long]
     starts = np.sort(np.concatenate([docs, *extra])) if extra else docs
     starts = starts[starts <= reader.total_tokens - (seq_len + 1)]
     if len(starts) == 0:

@@ -53,9 +53,10 @@ class Flavour:
 
 # "synthetic": the full default corpus. "synthetic-small": the same generator narrowed (the
 # loop, iterator, enum and struct templates, whose bodies mostly reuse one parameter; 6 names per
-# list; no tests; <= 24 lines) so that the ~1.5M parameter model of scripts/validate_e2e.sh
-# learns to write whole programs in 1000 CPU steps. Tracking many random variable names (the
-# arithmetic template) is what such a small, briefly trained model gets wrong most.
+# list; no tests; one item per program, so a completion ends after one) so that the ~1.5M
+# parameter model of scripts/validate_e2e.sh learns to write whole programs in 1000 CPU steps.
+# Tracking many random variable names (the arithmetic template) is what such a small, briefly
+# trained model gets wrong most.
 FLAVOURS = {
     "synthetic": Flavour(),
     "synthetic-small": Flavour(
