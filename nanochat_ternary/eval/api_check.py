@@ -42,18 +42,19 @@ def _request(base: str, path: str, body: dict | None = None, api_key: str | None
     return urllib.request.Request(base.rstrip("/") + path, data=data, headers=headers, method="POST" if body is not None else "GET")
 
 
-def _json(base: str, path: str, body: dict | None = None, api_key: str | None = None) -> dict:
-    with urllib.request.urlopen(_request(base, path, body, api_key), timeout=300) as resp:
+def fetch_json(base: str, path: str, body: dict | None = None, api_key: str | None = None, timeout: float = 300) -> dict:
+    """GET (or POST `body` to) `base + path` and parse the JSON answer; raises OSError/ValueError."""
+    with urllib.request.urlopen(_request(base, path, body, api_key), timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
 def check_api(base: str, api_key: str | None = None) -> dict:
-    models = _json(base, "/v1/models", api_key=api_key)
+    models = fetch_json(base, "/v1/models", api_key=api_key)
     if models.get("object") != "list" or not models.get("data"):
         raise CheckFailed(f"/v1/models returned {models}")
     model = models["data"][0]["id"]
     messages = [{"role": "user", "content": "Write a Rust function"}]
-    chat = _json(base, "/v1/chat/completions", {"model": model, "messages": messages, "max_tokens": 32, "seed": 1}, api_key)
+    chat = fetch_json(base, "/v1/chat/completions", {"model": model, "messages": messages, "max_tokens": 32, "seed": 1}, api_key)
     choice = chat["choices"][0]
     if choice["message"]["role"] != "assistant" or choice["finish_reason"] not in ("stop", "length"):
         raise CheckFailed(f"chat completion malformed: {chat}")
@@ -85,13 +86,13 @@ def check_api(base: str, api_key: str | None = None) -> dict:
 def compile_rate(base: str, n: int, max_tokens: int = 384, temperature: float = 0.0, api_key: str | None = None,
                  concurrency: int = 8) -> dict:
     """Ask for `n` programs (prompts cycled, seeds varied) and compile each one."""
-    model = _json(base, "/v1/models", api_key=api_key)["data"][0]["id"]
+    model = fetch_json(base, "/v1/models", api_key=api_key)["data"][0]["id"]
 
     def one(i: int) -> tuple[str, str]:
         prompt = PROMPTS[i % len(PROMPTS)]
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
                 "top_k": 20, "seed": i}
-        out = _json(base, "/v1/completions", body, api_key)
+        out = fetch_json(base, "/v1/completions", body, api_key)
         return prompt + out["choices"][0]["text"], out["choices"][0]["finish_reason"]
 
     t0 = time.perf_counter()

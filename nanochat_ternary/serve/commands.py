@@ -71,8 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    import urllib.request
-
+    from ..eval.api_check import fetch_json
     from .bench import bench_serve
     from .server import ServerProcess
 
@@ -81,11 +80,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     kwargs = dict(max_tokens=args.max_tokens, requests_per_client=args.requests_per_client, time_limit_s=args.time_limit,
                   rounds=args.rounds, api_key=api_key)
     if args.url is not None:  # a server that is already running
-        req = urllib.request.Request(args.url.rstrip("/") + "/v1/models",
-                                     headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                model = json.loads(resp.read())["data"][0]["id"]
+            model = fetch_json(args.url, "/v1/models", api_key=api_key, timeout=30)["data"][0]["id"]
         except (OSError, ValueError, KeyError, IndexError) as e:
             raise ConfigError(f"--url: no OpenAI-compatible server answered at {args.url}/v1/models ({e})") from None
         report = bench_serve(args.url.rstrip("/"), model, clients, **kwargs)
