@@ -4,10 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-if [ ! -x "$VENV/bin/nanochat" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  # torch is pinned to the CPU wheel (torch==2.13.0); an unpinned torch pulls a multi-GB CUDA build
-  "$VENV/bin/pip" install --quiet -e '.[test]'
-fi
+VENV="$VENV" bash scripts/setup_venv.sh test
 exec "$VENV/bin/python" -m pytest "$@"

@@ -60,10 +60,7 @@ summary() {
 }
 
 setup() {
-  if [ ! -x "$VENV/bin/nanochat" ]; then
-    python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet --upgrade pip \
-      && "$VENV/bin/pip" install --quiet -e . || return 1
-  fi
+  VENV="$VENV" bash scripts/setup_venv.sh run || return 1
   command -v rustc >/dev/null || [ -x "$HOME/.cargo/bin/rustc" ] || { echo "rustc not found (needed for the compile check)"; return 1; }
   # prepare the synthetic dataset now, so that step 2 times training alone
   "$VENV/bin/python" -c "
