@@ -22,12 +22,22 @@ def lib():
 
 
 @pytest.fixture(scope="module")
-def portable(tmp_path_factory):
-    """The same source compiled without AVX-512: the plain C loops."""
+def portable():
+    """The plain C loops: the reference every instruction-set path must match."""
     try:
-        return K.load_library(K.compile_kernels(("-mno-avx512f",), cache_dir=tmp_path_factory.mktemp("kernels")))
+        return K.isa_library("portable")
     except (RuntimeError, OSError) as e:
         pytest.skip(f"cannot compile the portable kernels: {e}")
+
+
+@pytest.fixture(scope="module", params=list(K.ISA_FLAGS))
+def isa_lib(request, portable):
+    """Each instruction-set build this CPU runs (the others skip, named in the summary)."""
+    if request.param not in K.supported_isas():
+        pytest.skip(f"this CPU does not run the {request.param} kernels (it runs {', '.join(K.supported_isas())})")
+    lib = K.isa_library(request.param)
+    assert K.backend_name(lib) == f"native-{request.param}"
+    return lib
 
 
 def _case(n: int, k: int, groups: int, seed: int = 0):
@@ -108,6 +118,49 @@ def test_gather_dot_rescoring(lib, portable):
 
 
 def test_compile_cache_reuses_library(tmp_path):
-    a = K.compile_kernels(("-mno-avx512f",), cache_dir=tmp_path)
+    a = K.compile_kernels(cache_dir=tmp_path)
     mtime = a.stat().st_mtime_ns
-    assert K.compile_kernels(("-mno-avx512f",), cache_dir=tmp_path) == a and a.stat().st_mtime_ns == mtime
+    assert K.compile_kernels(cache_dir=tmp_path) == a and a.stat().st_mtime_ns == mtime
+    assert K.compile_kernels(("-DNC_UNUSED_FLAG",), cache_dir=tmp_path) != a  # flags are part of the key
+
+
+@pytest.mark.parametrize("isa", list(K.ISA_FLAGS))
+def test_every_isa_compiles_without_warnings(tmp_path, isa):
+    """Each build compiles with -Wall -Wextra -Werror, also where this CPU could not run it."""
+    try:
+        K.compile_kernels(("-Werror",), cache_dir=tmp_path, isa=isa)
+    except RuntimeError as e:
+        if "unrecognized" in str(e) or "unknown" in str(e):
+            pytest.skip(f"this compiler does not target {isa}")
+        raise
+
+
+@pytest.mark.parametrize("m,n,k,groups", [(1, 37, 512, 2), (2, 24, 256, 1), (3, 20, 1024, 1), (5, 44, 768, 3),
+                                          (8, 36, 2048, 1), (11, 8, 256, 1), (128, 12, 256, 1)])
+def test_every_isa_gives_the_portable_integers(isa_lib, portable, m, n, k, groups):
+    """Ternary products: each instruction set's result is bitwise the portable one's (and the
+    torch back-end's), for tile remainders in rows and tokens, groups, and 8-block runs
+    (k = 2048: the AVX2 path's 16-bit sums are flushed every 7 blocks). The largest sums are
+    included: weight row 0 all +1 (stored as 2) with token 0 all +1 (quantized to 127)."""
+    t, scales = _case(n, k, groups, seed=m)
+    x = torch.randn(m, k)
+    t[0], x[0] = 1, 1.0
+    got = K.ternary_matmul(x, K.make_ternary(t, scales, isa_lib), 8, isa_lib)
+    assert torch.equal(got, K.ternary_matmul(x, K.make_ternary(t, scales, portable), 8, portable))
+    assert torch.equal(got, K.ternary_matmul(x, K.make_ternary(t, scales, None), 8, None))
+    xi = torch.randn(m, k)
+    w8 = K.make_int8((torch.randn(n, k) * 0.05).half())
+    assert torch.equal(K.int8_matmul(xi, w8, isa_lib), K.int8_matmul(xi, w8, portable))
+
+
+def test_native_library_honours_the_isa_override(monkeypatch):
+    K.native_library.cache_clear()
+    try:
+        monkeypatch.setenv("NANOCHAT_KERNEL_ISA", "portable")
+        assert K.backend_name(K.native_library()) == "native-portable"
+        K.native_library.cache_clear()
+        monkeypatch.setenv("NANOCHAT_KERNEL_ISA", "no-such-isa")
+        with pytest.raises(RuntimeError, match="NANOCHAT_KERNEL_ISA=no-such-isa"):
+            K.native_library()
+    finally:
+        K.native_library.cache_clear()

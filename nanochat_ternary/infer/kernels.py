@@ -2,9 +2,9 @@
 
 Why this module exists: decode speed on a CPU is bound by how many bytes of weights each token
 reads. A ternary weight needs 2 bits (TQ2_0) where PyTorch's int8 paths read 8 and float paths
-16 or 32. The native kernels (C source in kernels_src.py) are compiled once with the system C
-compiler into a per-user cache and called through ctypes; when no compiler is available (or
-NANOCHAT_KERNELS=torch) the same maths runs on PyTorch ops:
+16 or 32. The native kernels (C files in csrc/, built per instruction set by kernels_build.py)
+are compiled once with the system C compiler into a per-user cache and called through ctypes;
+when no compiler is available (or NANOCHAT_KERNELS=torch) the same maths runs on PyTorch ops:
 
 - ternary: the per-token int8 activations times the ternary weights as an exact int8 x int8 ->
   int32 product (`torch._int_mm`), then the group scales, so both back-ends compute the same
@@ -18,90 +18,14 @@ round half to even, clamp), so the engine sees the numbers the training model sa
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
-import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from .kernels_src import C_SOURCE
+from .kernels_build import ISA_FLAGS, backend_name, compile_kernels, isa_library, load_library, native_library, supported_isas  # noqa: F401 (API)
 
 QK = 256  # columns per ternary block (GGUF's QK_K)
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off"]
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("NANOCHAT_KERNEL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nanochat_ternary")
-    return Path(root) / "kernels"
-
-
-def compile_kernels(extra_flags: tuple[str, ...] = (), cache_dir: Path | None = None) -> Path:
-    """Compile C_SOURCE (cached by source + flags + compiler); returns the shared library path.
-
-    Raises RuntimeError with the compiler's message when compilation fails.
-    """
-    cc = os.environ.get("CC", "cc")
-    flags = CFLAGS + list(extra_flags)
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"no C compiler ({cc}): {e}") from e
-    key = hashlib.sha256("\0".join([C_SOURCE, " ".join(flags), version]).encode()).hexdigest()[:16]
-    out_dir = cache_dir or _cache_dir()
-    lib = out_dir / f"nc_kernels_{key}.so"
-    if lib.exists():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        src = Path(tmp) / "nc_kernels.c"
-        src.write_text(C_SOURCE)
-        tmp_lib = Path(tmp) / lib.name
-        proc = subprocess.run([cc, *flags, str(src), "-o", str(tmp_lib), "-lm"], capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise RuntimeError(f"compiling the native kernels failed:\n{proc.stderr[-2000:]}")
-        os.replace(tmp_lib, lib)  # atomic: concurrent processes never see half a library
-    return lib
-
-
-def load_library(path: Path) -> ctypes.CDLL:
-    """Load a compiled kernel library and declare its C signatures."""
-    lib = ctypes.CDLL(str(path))
-    i, p = ctypes.c_int, ctypes.c_void_p
-    f = ctypes.c_float
-    lib.nc_ternary_gemm.argtypes = [i, i, i, p, p, f, i, p, p, i, i, p, p, p, p, p]
-    lib.nc_attention.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p]
-    lib.nc_attention.restype = None
-    lib.nc_ternary_gemm.restype = None
-    lib.nc_f16_gemm.argtypes = [i, i, i, p, p, p]
-    lib.nc_f16_gemm.restype = None
-    lib.nc_f16_gather_dot.argtypes = [i, i, i, p, p, p, p]
-    lib.nc_f16_gather_dot.restype = None
-    lib.nc_int8_gemm.argtypes = [i, i, i, p, p, p, p, p, p, p]
-    lib.nc_int8_gemm.restype = None
-    lib.nc_has_simd.restype = ctypes.c_int
-    return lib
-
-
-@functools.lru_cache(maxsize=1)
-def native_library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (NANOCHAT_KERNELS=torch, or no working compiler)."""
-    if os.environ.get("NANOCHAT_KERNELS", "native") == "torch":
-        return None
-    try:
-        return load_library(compile_kernels())
-    except (RuntimeError, OSError):
-        return None
-
-
-def backend_name(lib: ctypes.CDLL | None) -> str:
-    if lib is None:
-        return "torch"
-    return {2: "native-avx512vnni", 1: "native-avx512"}.get(lib.nc_has_simd(), "native-portable")
 
 
 _local = threading.local()

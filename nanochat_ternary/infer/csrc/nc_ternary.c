@@ -1,56 +1,30 @@
-"""C source of the native CPU kernels (compiled on first use by kernels.py).
-
-Why this module exists: PyTorch has no ternary matmul. Its int8 paths read 8 bits per ternary
-weight, and its F16 matmul rounds the activations to F16. These two kernels do what llama.cpp
-does for TQ2_0 and F16, with plain C + intrinsics, called through ctypes:
-
-- `nc_ternary_gemm`: activations quantized per token to int8 (absmax, exactly as
-  bitlinear.quantize_activation: scale = Q / max|x|, round half to even, clamp to [-Q-1, Q]),
-  weights packed 2 bits each (stored value t + 1 in {0, 1, 2}). The integer dot product uses
-  AVX512-VNNI `vpdpbusd` (unsigned 8-bit x signed 8-bit): sum((t + 1) * x) - sum(x) = sum(t * x),
-  so the result is the exact integer sum, scaled by the weight group's scale and 1 / scale(x).
-  Layout: each row is K / 256 blocks of 64 bytes; bits 2s..2s+1 of byte j of a block hold the
-  weight of column 64 s + j of that block (s = 0..3), so one 64-byte load and a shift give 64
-  weights lined up with 64 consecutive activations.
-- `nc_f16_gemm` and `nc_int8_gemm` (dense weights, the head) are in kernels_dense_src.py.
-
-Kernels tile NR output rows x MT tokens so that several independent accumulator chains hide the
-instruction latency, and split output rows over OpenMP threads (the same libgomp that torch
-loaded, so torch.set_num_threads applies). Without AVX512-VNNI / AVX512F the portable loops
-below compute the same integers (the compiler vectorises them as it can). The attention kernel
-(RoPE, cache write, softmax attention) is in kernels_attention_src.py.
-"""
-
-from .kernels_attention_src import ATTENTION_SOURCE
-from .kernels_dense_src import DENSE_SOURCE
-
-GEMM_SOURCE = r"""
-#include <stdint.h>
-#include <math.h>
-#include <omp.h>
-#include <stdlib.h>
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#include <immintrin.h>
-#define NC_VNNI 1
-#endif
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define NC_AVX512 1
-#endif
-#define AI static inline __attribute__((always_inline))
-/* smallest job (multiply-adds) worth an OpenMP region: below it the region's wake-up costs more,
-   and on a busy machine a region waits for a descheduled thread */
-#define NC_PARALLEL_WORK (1 << 20)
-
-int nc_has_simd(void) {
-#ifdef NC_VNNI
-  return 2;
-#elif defined(NC_AVX512)
-  return 1;
-#else
-  return 0;
-#endif
-}
+/* Ternary x int8 matmul: nc_ternary_gemm (see kernels.py for the Python side).
+ *
+ * Activations are quantized per token to int8 (absmax, exactly as bitlinear.quantize_activation:
+ * scale = Q / max|x|, round half to even, clamp to [-Q-1, Q]); weights are packed 2 bits each
+ * (stored value t + 1 in {0, 1, 2}). The integer dot products multiply unsigned 8-bit weights by
+ * signed 8-bit activations: sum((t + 1) * x) - sum(x) = sum(t * x), so every path computes the
+ * exact integer sum, then scales it by the weight group's scale and 1 / scale(x).
+ * Layout: each row is K / 256 blocks of 64 bytes; bits 2s..2s+1 of byte j of a block hold the
+ * weight of column 64 s + j of that block (s = 0..3), so a load and a shift give 32 or 64 weights
+ * lined up with as many consecutive activations.
+ *
+ * Blocked GEMM: a tile of NR weight rows x MT tokens; each 2-bit plane of a weight block is
+ * unpacked once (shift + mask, in registers) and applied to all MT tokens, each activation
+ * vector to all NR rows, so prefill and batched decode read the weights M / MT times less often
+ * than token-by-token products. Output rows are split over OpenMP threads (the libgomp torch
+ * loaded, so torch.set_num_threads applies).
+ *
+ * Per instruction set (nc_common.h):
+ * - AVX-512 VNNI: vpdpbusd on 64 weights (the design of llama.cpp's TQ2_0 / bitnet.cpp's I2_S
+ *   dot products, https://github.com/ggml-org/llama.cpp/pull/8151);
+ * - AVX-VNNI: the same on 32 weights;
+ * - AVX2: vpmaddubsw (u8 x s8 pairs -> s16) summed in 16 bits for up to 7 blocks, then vpmaddwd
+ *   to 32 bits. Each s16 lane of one vpmaddubsw is at most 2 * 2 * 128 = 512 in magnitude, so 56
+ *   of them (7 blocks x 8 vectors) stay below 32767: no saturation, exact integers;
+ * - portable: plain C loops.
+ */
+#include "nc_common.h"
 
 /* Prepare the int8 input of a ternary projection, row by row (every row alike, whatever M is):
    optionally x = silu(gate) * up from a [M, 2K] gate|up row (glu), optionally RMSNorm with gain
@@ -91,10 +65,11 @@ static void quant_rows(int M, int K, const float* x, const float* nw, float eps,
   }
 }
 
-/* integer dot products of NR packed weight rows with MT quantized tokens over blocks [b0, b1) */
+/* integer dot products sum((t + 1) * x) of NR packed weight rows with MT quantized tokens over
+   blocks [b0, b1); out[r * MT + i] */
 AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int b0, int b1,
                   const int NR, const int MT, int32_t* out) {
-#ifdef NC_VNNI
+#if defined(NC_VNNI)
   __m512i acc[16];  /* fixed sizes (NR * MT <= 16): a VLA would live on the stack */
   _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_setzero_si512();
   const __m512i mask = _mm512_set1_epi8(3);
@@ -102,9 +77,7 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
     __m512i v[8];
     _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
       v[r] = _mm512_loadu_si512(w + r * KB + b * 64);
-#ifndef NC_NO_PREFETCH
       _mm_prefetch((const char*)(w + (r + NR) * KB + b * 64), _MM_HINT_T0);  /* the next tile's rows */
-#endif
     }
     _Pragma("GCC unroll 32") for (int s = 0; s < 4; s++) {
       __m512i xv[4];
@@ -116,6 +89,43 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
     }
   }
   _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) out[j] = _mm512_reduce_add_epi32(acc[j]);
+#elif defined(NC_AVX2)
+  const __m256i mask = _mm256_set1_epi8(3);
+  __m256i acc[16];
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm256_setzero_si256();
+#if defined(NC_AVXVNNI)
+  for (int b = b0; b < b1; b++)
+    _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+      _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+        __m256i v = _mm256_loadu_si256((const __m256i*)(w + r * KB + b * 64 + 32 * h));
+        _Pragma("GCC unroll 4") for (int s = 0; s < 4; s++) {
+          __m256i ws = _mm256_and_si256(_mm256_srli_epi16(v, 2 * s), mask);
+          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
+            acc[r * MT + i] = _mm256_dpbusd_avx_epi32(acc[r * MT + i], ws,
+                                                      _mm256_loadu_si256((const __m256i*)(xq + i * K + b * 256 + 64 * s + 32 * h)));
+        }
+      }
+#else
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int b = b0; b < b1;) {
+    int be = b + 7 < b1 ? b + 7 : b1;  /* 16-bit sums for at most 7 blocks (see the file comment) */
+    __m256i a16[16];
+    _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) a16[j] = _mm256_setzero_si256();
+    for (; b < be; b++)
+      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+          __m256i v = _mm256_loadu_si256((const __m256i*)(w + r * KB + b * 64 + 32 * h));
+          _Pragma("GCC unroll 4") for (int s = 0; s < 4; s++) {
+            __m256i ws = _mm256_and_si256(_mm256_srli_epi16(v, 2 * s), mask);
+            _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
+              a16[r * MT + i] = _mm256_add_epi16(a16[r * MT + i], _mm256_maddubs_epi16(ws,
+                                                 _mm256_loadu_si256((const __m256i*)(xq + i * K + b * 256 + 64 * s + 32 * h))));
+          }
+        }
+    _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(a16[j], ones));
+  }
+#endif
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) out[j] = nc_hsum256(acc[j]);
 #else
   for (int r = 0; r < NR; r++) for (int i = 0; i < MT; i++) {
     int32_t sum = 0;
@@ -130,6 +140,7 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
 #endif
 }
 
+/* rows [n0, n1) (a multiple of NR) x tokens [0, M) (a multiple of MT), NR x MT tiles */
 AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                   const float* xs, const int32_t* xsum, float* out, int n0, int n1, const int NR, const int MT) {
   int64_t KB = K / 4;
@@ -150,12 +161,18 @@ AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const
     }
 }
 
-/* (NC_TILED_M1 compiles the tiled path for one token instead, for comparisons.) */
-#if defined(NC_VNNI) && !defined(NC_TILED_M1)
+/* rows [n0, n1) of MT tokens: NR-row tiles, then the leftover rows one at a time */
+#define NC_TERN_ROWS(M, NR, MT) do {                                                      \
+    int nf_ = n0 + (n1 - n0) / (NR) * (NR);                                                 \
+    tern_rows(M, N, K, xq, w, sw, G, xs, xsum, out, n0, nf_, NR, MT);                       \
+    tern_rows(M, N, K, xq, w, sw, G, xs, xsum, out, nf_, n1, 1, MT);                        \
+  } while (0)
+
+#if defined(NC_VNNI)
 /* One token, one weight row at a time: the row's bytes are read front to back (the access pattern
    hardware prefetchers follow best); four accumulators (one per 2-bit plane) keep the vpdpbusd
    chains independent. Integer sums, so the result equals the tiled path's exactly. */
-static void tern_rows_m1(int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
+static void tern_rows_m1(int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                          float xs, const int32_t* xsum, float* out, int n0, int n1) {
   int64_t KB = K / 4;
   int nb = K / 256 / G;
@@ -181,22 +198,28 @@ static void tern_rows_m1(int N, int K, const int8_t* xq, const uint8_t* w, const
 }
 #endif
 
-/* rows [n0, n1) for all M tokens: big tiles first, then the remainders with 1-wide tiles */
+/* rows [n0, n1) for all M tokens: big tiles first, then the remainders with smaller tiles */
 static void tern_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                        const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
-  if (M == 1) {
-#if defined(NC_VNNI) && !defined(NC_TILED_M1)
-    tern_rows_m1(N, K, xq, w, sw, G, xs[0], xsum, out, n0, n1);
-    return;
-#endif
-    int nf = n0 + (n1 - n0) / 8 * 8;
-    tern_rows(1, N, K, xq, w, sw, G, xs, xsum, out, n0, nf, 8, 1);
-    tern_rows(1, N, K, xq, w, sw, G, xs, xsum, out, nf, n1, 1, 1);
+#if defined(NC_VNNI)
+  if (M == 1) { tern_rows_m1(K, xq, w, sw, G, xs[0], xsum, out, n0, n1); return; }
+  int mf = M / 4 * 4;
+  NC_TERN_ROWS(mf, 4, 4);
+#elif defined(NC_AVX2)
+  /* 12 accumulators + mask + weights + unpacked plane: the 16 ymm registers */
+  if (M == 1) { NC_TERN_ROWS(1, 4, 1); return; }
+  if (M == 2) { NC_TERN_ROWS(2, 4, 2); return; }
+  int mf = M / 3 * 3;
+  NC_TERN_ROWS(mf, 4, 3);
+  if (M - mf == 2) {  /* two leftover tokens share one pass over the weights */
+    tern_range(2, N, K, xq + (int64_t)mf * K, w, sw, G, xs + mf, xsum + mf * G, out + (int64_t)mf * N, n0, n1);
     return;
   }
-  int nf = n0 + (n1 - n0) / 4 * 4, mf = M / 4 * 4;
-  tern_rows(mf, N, K, xq, w, sw, G, xs, xsum, out, n0, nf, 4, 4);
-  tern_rows(mf, N, K, xq, w, sw, G, xs, xsum, out, nf, n1, 1, 4);
+#else
+  if (M == 1) { NC_TERN_ROWS(1, 8, 1); return; }
+  int mf = M / 4 * 4;
+  NC_TERN_ROWS(mf, 4, 4);
+#endif
   for (int m = mf; m < M; m++)  /* leftover tokens, one at a time */
     tern_range(1, N, K, xq + (int64_t)m * K, w, sw, G, xs + m, xsum + m * G, out + (int64_t)m * N, n0, n1);
 }
@@ -209,12 +232,8 @@ void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float
   int64_t work = (int64_t)M * N * K;
   #pragma omp parallel if (work > NC_PARALLEL_WORK)
   {
-    int t = omp_get_thread_num(), T = omp_get_num_threads();
-    int per = ((N + T - 1) / T + 7) / 8 * 8;
-    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+    int n0, n1;
+    nc_thread_rows(N, &n0, &n1);
     tern_range(M, N, K, xq, w, sw, G, xs, xsum, out, n0, n1);
   }
 }
-"""
-
-C_SOURCE = GEMM_SOURCE + DENSE_SOURCE + ATTENTION_SOURCE

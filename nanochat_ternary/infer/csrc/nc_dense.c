@@ -1,22 +1,19 @@
-"""C source of the dense native kernels (appended to the ternary kernels by kernels_src.py).
+/* Dense kernels: F16 weights (dense models, the exact tied head) and an int8 copy of the tied head.
+ *
+ * - nc_f16_gemm: F16 weights, F32 activations, F32 accumulation (F16 -> F32 is exact, so the only
+ *   rounding is the F32 sum, as in a float32 matmul). Every token row is summed in the same order
+ *   whatever the batch size, so results do not depend on batching.
+ * - nc_f16_gather_dot: the same F16 dot products for a list of rows per token (the head's exact
+ *   rescoring of its top candidates).
+ * - nc_int8_gemm: int8 weights with per-row scales x per-token int8 activations (the approximate
+ *   head, network.Network.tied_head): exact integer sums, a float scale at the end.
+ */
+#include "nc_common.h"
 
-Why this module exists: besides ternary projections the engine multiplies by two dense matrices:
-F16 weights (dense models, and the exact tied head) and an int8 copy of the tied head.
-
-- `nc_f16_gemm`: F16 weights, F32 activations, F32 accumulation (F16 -> F32 is exact, so the only
-  rounding is the F32 sum, as in a float32 matmul). Every token row is summed in the same order
-  whatever the batch size, so results do not depend on batching.
-- `nc_f16_gather_dot`: the same F16 dot products for a list of rows per token (the head's
-  exact rescoring of its top candidates).
-- `nc_int8_gemm`: int8 weights with per-row scales x per-token int8 activations (the approximate
-  head, network.Network.tied_head): exact integer sums, a float scale at the end.
-"""
-
-DENSE_SOURCE = r"""
 AI void f16_rows(int M, int N, int K, const float* x, const uint16_t* w, float* out, int n0, int n1, const int NR, const int MT) {
   for (int n = n0; n + NR <= n1; n += NR)
     for (int m0 = 0; m0 + MT <= M; m0 += MT) {
-#ifdef NC_AVX512
+#if defined(NC_AVX512)
       __m512 acc[16];
       _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_setzero_ps();
       for (int k = 0; k < K; k += 16) {
@@ -29,6 +26,19 @@ AI void f16_rows(int M, int N, int K, const float* x, const uint16_t* w, float* 
       }
       _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
         _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) out[(int64_t)(m0 + i) * N + n + r] = _mm512_reduce_add_ps(acc[r * MT + i]);
+#elif defined(NC_AVX2)
+      __m256 acc[16];
+      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm256_setzero_ps();
+      for (int k = 0; k < K; k += 8) {
+        __m256 xv[4];
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm256_loadu_ps(x + (int64_t)(m0 + i) * K + k);
+        _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+          __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + (int64_t)(n + r) * K + k)));
+          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) acc[r * MT + i] = _mm256_fmadd_ps(wv, xv[i], acc[r * MT + i]);
+        }
+      }
+      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) out[(int64_t)(m0 + i) * N + n + r] = nc_hsum256_ps(acc[r * MT + i]);
 #else
       for (int r = 0; r < NR; r++)
         for (int i = 0; i < MT; i++) {
@@ -60,12 +70,12 @@ void nc_f16_gemm(int M, int N, int K, const float* x, const uint16_t* w, float* 
   int64_t work = (int64_t)M * N * K;
   #pragma omp parallel if (work > NC_PARALLEL_WORK)
   {
-    int t = omp_get_thread_num(), T = omp_get_num_threads();
-    int per = ((N + T - 1) / T + 7) / 8 * 8;
-    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+    int n0, n1;
+    nc_thread_rows(N, &n0, &n1);
     f16_range(M, N, K, x, w, out, n0, n1);
   }
 }
+
 /* out[m, j] = x[m, :] . w[idx[m, j], :] for j < J: the exact F16 rescoring of the head's top
    candidates (network.Network.tied_head); summed exactly as nc_f16_gemm sums one row */
 void nc_f16_gather_dot(int M, int J, int K, const int64_t* idx, const float* x, const uint16_t* w, float* out) {
@@ -74,39 +84,76 @@ void nc_f16_gather_dot(int M, int J, int K, const int64_t* idx, const float* x, 
       f16_rows(1, 1, K, x + (int64_t)m * K, w + idx[(int64_t)m * J + j] * K, out + (int64_t)m * J + j, 0, 1, 1, 1);
 }
 
-/* ---- int8 x int8 (the approximate head): per-row weight scales, per-token activation scales */
+/* ---- int8 x int8 (the approximate head): per-row weight scales, per-token activation scales.
+   Activations are stored offset by 128 as unsigned bytes xu (vpdpbusd is u8 x s8); every path
+   computes the integer sum(xu * w), from which the epilogue removes 128 * wsum, except the AVX2
+   path (NC_I8_SIGNED): it multiplies the signed values x = xu - 128 (|x| <= 127) directly, as
+   vpmaddubsw(|w|, sign(x, w)) (llama.cpp's Q8_0 trick: each s16 pair sum is at most
+   2 * 127 * 127 < 32767), so its sum is already sum(x * w): the same integers in the end. */
+#if defined(NC_AVX2) && !defined(NC_AVXVNNI)
+#define NC_I8_SIGNED 1
+#else
+#define NC_I8_SIGNED 0
+#endif
+AI void i8_tile(const uint8_t* xu, const int8_t* w, int64_t K, const int NR, const int MT, int32_t* acc) {
+#if defined(NC_VNNI)
+  __m512i va[16];
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 64) {
+    __m512i xv[4];
+    _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_si512(xu + i * K + k);
+    _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+      __m512i wv = _mm512_loadu_si512(w + r * K + k);
+      _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) va[r * MT + i] = _mm512_dpbusd_epi32(va[r * MT + i], xv[i], wv);
+    }
+  }
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
+#elif defined(NC_AVX2)
+  __m256i va[16];
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm256_setzero_si256();
+#if !defined(NC_AVXVNNI)
+  const __m256i ones = _mm256_set1_epi16(1), off = _mm256_set1_epi8((char)0x80);
+#endif
+  for (int64_t k = 0; k < K; k += 32) {
+    _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+      __m256i wv = _mm256_loadu_si256((const __m256i*)(w + r * K + k));
+#if defined(NC_AVXVNNI)
+      _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
+        va[r * MT + i] = _mm256_dpbusd_avx_epi32(va[r * MT + i], _mm256_loadu_si256((const __m256i*)(xu + i * K + k)), wv);
+#else
+      __m256i wa = _mm256_sign_epi8(wv, wv);  /* |w| */
+      _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) {
+        __m256i xv = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(xu + i * K + k)), off);  /* xu - 128 */
+        __m256i p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xv, wv));
+        va[r * MT + i] = _mm256_add_epi32(va[r * MT + i], _mm256_madd_epi16(p, ones));
+      }
+#endif
+    }
+  }
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = nc_hsum256(va[j]);
+#else
+  for (int r = 0; r < NR; r++)
+    for (int i = 0; i < MT; i++) {
+      int32_t sum = 0;
+      for (int64_t k = 0; k < K; k++) sum += (int32_t)xu[i * K + k] * w[r * K + k];
+      acc[r * MT + i] = sum;
+    }
+#endif
+}
+
 AI void i8_rows(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
                 const float* xs, float* out, int n0, int n1, const int NR, const int MT) {
   for (int n = n0; n + NR <= n1; n += NR)
     for (int m0 = 0; m0 + MT <= M; m0 += MT) {
       int32_t acc[16];
-#ifdef NC_VNNI
-      __m512i va[16];
-      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm512_setzero_si512();
-      for (int k = 0; k < K; k += 64) {
-        __m512i xv[4];
-        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_si512(xu + (int64_t)(m0 + i) * K + k);
-        _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
-          __m512i wv = _mm512_loadu_si512(w + (int64_t)(n + r) * K + k);
-          _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) va[r * MT + i] = _mm512_dpbusd_epi32(va[r * MT + i], xv[i], wv);
-        }
-      }
-      _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
-#else
-      for (int r = 0; r < NR; r++)
-        for (int i = 0; i < MT; i++) {
-          int32_t sum = 0;
-          for (int k = 0; k < K; k++) sum += (int32_t)xu[(int64_t)(m0 + i) * K + k] * w[(int64_t)(n + r) * K + k];
-          acc[r * MT + i] = sum;
-        }
-#endif
+      i8_tile(xu + (int64_t)m0 * K, w + (int64_t)n * K, K, NR, MT, acc);
       _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
         _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
-          out[(int64_t)(m0 + i) * N + n + r] = (float)(acc[r * MT + i] - 128 * wsum[n + r]) * sw[n + r] / xs[m0 + i];
+          out[(int64_t)(m0 + i) * N + n + r] = (float)(acc[r * MT + i] - (NC_I8_SIGNED ? 0 : 128 * wsum[n + r])) * sw[n + r] / xs[m0 + i];
     }
 }
 
-#if defined(NC_VNNI) && !defined(NC_TILED_M1)
+#if defined(NC_VNNI)
 /* One token, one row at a time, read front to back (see tern_rows_m1); K a multiple of 64. */
 static void i8_rows_m1(int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
                        float xs, float* out, int n0, int n1) {
@@ -130,12 +177,12 @@ static void i8_rows_m1(int K, const uint8_t* xu, const int8_t* w, const int32_t*
 static void i8_range(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
                      const float* xs, float* out, int n0, int n1) {
   if (M == 1) {
-#if defined(NC_VNNI) && !defined(NC_TILED_M1)
+#if defined(NC_VNNI)
     i8_rows_m1(K, xu, w, wsum, sw, xs[0], out, n0, n1);
     return;
 #endif
-    int nf = n0 + (n1 - n0) / 8 * 8;
-    i8_rows(1, N, K, xu, w, wsum, sw, xs, out, n0, nf, 8, 1);
+    int nf = n0 + (n1 - n0) / 4 * 4;
+    i8_rows(1, N, K, xu, w, wsum, sw, xs, out, n0, nf, 4, 1);
     i8_rows(1, N, K, xu, w, wsum, sw, xs, out, nf, n1, 1, 1);
     return;
   }
@@ -147,8 +194,8 @@ static void i8_range(int M, int N, int K, const uint8_t* xu, const int8_t* w, co
 }
 
 /* out[M, N] ~ x[M, K] @ (w * sw)^T with int8 w [N, K] (K a multiple of 64): x is quantized per
-   token to int8 and offset by 128 to be unsigned (vpdpbusd is u8 x s8), the offset removed with
-   wsum[n] = sum_k w[n, k]. Scratch: xu[M*K], xs[M]. */
+   token to int8 and offset by 128 to be unsigned, the offset removed with wsum[n] = sum_k w[n, k].
+   Scratch: xu[M*K], xs[M]. */
 void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const int32_t* wsum, const float* sw,
                   float* out, uint8_t* xu, float* xs) {
   for (int m = 0; m < M; m++) {
@@ -163,10 +210,8 @@ void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const in
   int64_t work = (int64_t)M * N * K;
   #pragma omp parallel if (work > NC_PARALLEL_WORK)
   {
-    int t = omp_get_thread_num(), T = omp_get_num_threads();
-    int per = ((N + T - 1) / T + 7) / 8 * 8;
-    int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+    int n0, n1;
+    nc_thread_rows(N, &n0, &n1);
     i8_range(M, N, K, xu, w, wsum, sw, xs, out, n0, n1);
   }
 }
-"""

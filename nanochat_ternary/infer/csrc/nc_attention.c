@@ -1,12 +1,11 @@
-"""C source of the native attention kernel (appended to the GEMM kernels by kernels_src.py).
-
-Why this module exists: per decoded token and layer, attention in PyTorch ops (RoPE, cache write,
-grouped-query scores, softmax, weighted sum) is a dozen tiny tensor ops whose dispatch costs more
-than their maths; one C call does it all. Each query row is computed on its own, by the same code
-whatever the other rows are, which keeps a token's logits bitwise independent of batching.
-"""
-
-ATTENTION_SOURCE = r"""
+/* Attention for the engine's decode and prefill: RoPE, KV-cache write and softmax attention.
+ *
+ * Per decoded token and layer, attention in PyTorch ops (RoPE, cache write, grouped-query
+ * scores, softmax, weighted sum) is a dozen tiny tensor ops whose dispatch costs more than their
+ * maths; one C call does it all. Each query row is computed on its own, by the same code whatever
+ * the other rows are, which keeps a token's logits bitwise independent of batching.
+ */
+#include "nc_common.h"
 /* ---- attention: RoPE, KV-cache write and softmax attention, one query row at a time.
    qkv [R, (H + 2 KV) * hd] rows (q heads, k heads, v heads) at positions pos[r] of cache slots
    slot[r]; caches [slots, KV, cap, hd]. RoPE is NEOX "rotate half" (model/rope.py) with tables
@@ -79,4 +78,3 @@ void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const
     free(p);
   }
 }
-"""

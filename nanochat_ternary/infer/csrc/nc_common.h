@@ -1,0 +1,64 @@
+/* Shared by the native kernel sources: includes, the instruction-set macros, helpers.
+ *
+ * kernels.py compiles the same .c files once per instruction set (flags in kernels.py: ISA_FLAGS)
+ * and loads the best one the CPU supports (nc_cpu.c reports both sides). Which code each build
+ * contains follows from the compiler's target macros:
+ *   NC_VNNI     AVX-512 F/BW + VNNI (vpdpbusd on 512-bit vectors)
+ *   NC_AVX512   AVX-512 F (the F16 kernel's 16-wide path)
+ *   NC_AVX2     AVX2 (+ FMA, F16C): vpmaddubsw ternary/int8 dots, 8-wide F16
+ *   NC_AVXVNNI  AVX2 build with AVX-VNNI: 256-bit vpdpbusd instead of vpmaddubsw + vpmaddwd
+ *   (none)      plain C loops: the reference every other path must match integer for integer
+ */
+#ifndef NC_COMMON_H
+#define NC_COMMON_H
+
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define NC_VNNI 1
+#endif
+#if defined(__AVX512F__)
+#define NC_AVX512 1
+#endif
+#if !defined(NC_AVX512) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define NC_AVX2 1
+#if defined(__AVXVNNI__)
+#define NC_AVXVNNI 1
+#endif
+#endif
+#if defined(NC_AVX512) || defined(NC_AVX2)
+#include <immintrin.h>
+#endif
+
+#define AI static inline __attribute__((always_inline))
+/* smallest job (multiply-adds) worth an OpenMP region: below it the region's wake-up costs more,
+   and on a busy machine a region waits for a descheduled thread */
+#define NC_PARALLEL_WORK (1 << 20)
+
+/* this thread's share [n0, n1) of N output rows, in multiples of 8 rows */
+AI void nc_thread_rows(int N, int* n0, int* n1) {
+  int t = omp_get_thread_num(), T = omp_get_num_threads();
+  int per = ((N + T - 1) / T + 7) / 8 * 8;
+  *n0 = t * per < N ? t * per : N;
+  *n1 = *n0 + per < N ? *n0 + per : N;
+}
+
+#ifdef NC_AVX2
+AI int32_t nc_hsum256(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+AI float nc_hsum256_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+#endif
