@@ -14,6 +14,7 @@ from nanochat_ternary.data.tokenizer import CHAT_TEMPLATE, Tokenizer
 from nanochat_ternary.errors import ConfigError, FormatError
 from nanochat_ternary.export.gguf_export import export_model
 from nanochat_ternary.export.mhc_file import read_mhc
+from nanochat_ternary.export.mtp_file import file_checksum
 from nanochat_ternary.model.bitlinear import ternarize
 
 PROJ = {"attn_q": "attn.q_proj", "attn_k": "attn.k_proj", "attn_v": "attn.v_proj", "attn_output": "attn.o_proj",
@@ -134,21 +135,29 @@ def test_mhc_model(tmp_path, n):
 
 
 def test_mtp_heads_and_drop(tmp_path):
+    """n = 1 with MTP heads: a plain `bitnet` GGUF, the heads in the .mtp sidecar beside it; with
+    mHC (n = 2) the heads stay inside the `nanochat` GGUF."""
     model, tok = make_tiny_model(use_mtp=True, mtp_n_tokens=2)
     s = export_model(model, tok, tmp_path / "mtp.gguf", None)
     r = GGUFReader(tmp_path / "mtp.gguf")
-    assert s["arch"] == field(r, "general.architecture") == "nanochat"
+    assert s["arch"] == field(r, "general.architecture") == "bitnet"
     assert field(r, "nanochat.mtp.n_tokens") == 2
-    ts = tensors(r)
+    assert not any(t.name.startswith("mtp.") for t in r.tensors)
+    assert s["mtp"] == str(tmp_path / "mtp.mtp")
+    assert field(r, "nanochat.mtp.checksum") == file_checksum(tmp_path / "mtp.mtp")
+    ts = tensors(GGUFReader(tmp_path / "mtp.mtp"))
     for k in range(2):
         assert ts[f"mtp.{k}.proj.weight"].tensor_type.name == "TQ2_0"
         assert ts[f"mtp.{k}.norm_in.weight"].tensor_type == GGMLQuantizationType.F32
         np.testing.assert_array_equal(ts[f"mtp.{k}.norm_out.weight"].data, model.mtp[k].norm_out.weight.detach().numpy())
     s = export_model(model, tok, tmp_path / "nomtp.gguf", None, drop_mtp=True)
     r = GGUFReader(tmp_path / "nomtp.gguf")
-    assert s["arch"] == field(r, "general.architecture") == "bitnet"
-    assert field(r, "nanochat.mtp.n_tokens") == 0
+    assert s["arch"] == field(r, "general.architecture") == "bitnet" and s["mtp"] is None
+    assert field(r, "nanochat.mtp.n_tokens") == 0 and not (tmp_path / "nomtp.mtp").exists()
     assert not any(t.name.startswith("mtp.") for t in r.tensors)
+    model2, tok2 = make_tiny_model(use_mtp=True, mtp_n_tokens=1, mhc_n_streams=2)
+    s = export_model(model2, tok2, tmp_path / "n2.gguf", tmp_path / "n2.mhc")
+    assert s["arch"] == "nanochat" and s["mtp"] is None and "mtp.0.proj.weight" in tensors(GGUFReader(tmp_path / "n2.gguf"))
 
 
 def test_refuses_unpackable_group_size(tmp_path):

@@ -18,6 +18,7 @@ def cmd_export(args) -> int:
         quant=args.quant,
         drop_mtp=args.drop_mtp,
         progress=not args.json,
+        mtp_output=Path(args.mtp_output) if args.mtp_output else None,
     )
     if args.json:
         print(json.dumps(summary))
@@ -26,6 +27,8 @@ def cmd_export(args) -> int:
           f"{summary['tensors']} tensors, file type {summary['file_type']}")
     print(f"  projection weights: {summary['ternary_params']:,} params in {summary['ternary_bytes'] / 2**20:,.2f} MiB "
           f"= {summary['bits_per_weight']:.4f} bits per weight")
+    if summary.get("mtp"):
+        print(f"wrote {summary['mtp']} (the MTP heads, beside the llama.cpp-loadable GGUF)")
     if summary["mhc"]:
         print(f"wrote {summary['mhc']} (sha256 {summary['mhc_checksum'][:16]}...)")
     elif args.mhc_output:
@@ -42,6 +45,8 @@ def register(sub, bench) -> None:
                    help="the .mhc file for mHC models (default: next to the GGUF with suffix .mhc)")
     p.add_argument("--quant", choices=list(QUANT_TYPES), default="tq2_0",
                    help="encoding of the projection weights (default tq2_0)")
-    p.add_argument("--drop-mtp", action="store_true", help="leave the MTP heads out of the GGUF")
+    p.add_argument("--mtp-output", default=None,
+                   help="single-stream models with MTP heads: the .mtp sidecar for the heads (default: next to the GGUF)")
+    p.add_argument("--drop-mtp", action="store_true", help="leave the MTP heads out (no .mtp sidecar, no heads in the GGUF)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_export)

@@ -4,9 +4,10 @@ Why this module exists: the GGUF is the hand-off between training and everything
 (our inference engine, the server, and llama.cpp). The file layout is the contract in
 /work/shared/DESIGN.md section 4 and the export brief:
 
-- `general.architecture` is llama.cpp's "bitnet" when the model has one residual stream and no
-  MTP heads are written (llama.cpp can load and run it); otherwise "nanochat", with the same
-  hyper-parameter keys and tensor names (see gguf_tensors.py).
+- `general.architecture` is llama.cpp's "bitnet" when the model has one residual stream
+  (llama.cpp can load and run it; its MTP heads, if any, go to the `.mtp` sidecar, see
+  mtp_file.py); otherwise "nanochat", with the same hyper-parameter keys and tensor names (see
+  gguf_tensors.py) and the MTP heads inside.
 - project keys `nanochat.*` record what llama.cpp's keys cannot: BitLinear on/off, activation
   bits, the weight group size, mHC streams (+ the .mhc checksum), MTP heads, a format version.
 - tokenizer metadata, see gguf_tokenizer.py.
@@ -35,6 +36,9 @@ from .checkpoint_source import load_for_export
 from .gguf_tensors import check_quantizable, encode_tensor, tensor_plan
 from .gguf_tokenizer import add_tokenizer_metadata
 from .mhc_file import mhc_params_from_state_dict, write_mhc
+from .mtp_file import CHECKSUM_KEY as MTP_CHECKSUM_KEY
+from .mtp_file import default_mtp_path
+from .mtp_file import write_mtp as write_mtp_file
 
 FORMAT_VERSION = 1
 LLAMA_CPP_ARCH = "bitnet"
@@ -48,9 +52,9 @@ _FILE_TYPES = {
 
 
 def architecture_for(cfg: ModelConfig, drop_mtp: bool) -> str:
-    """'bitnet' if llama.cpp can run the file as written, else the project's own 'nanochat'."""
-    writes_mtp = cfg.use_mtp and cfg.mtp_n_tokens > 0 and not drop_mtp
-    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 and not writes_mtp else PROJECT_ARCH
+    """'bitnet' if llama.cpp can run the model (one residual stream; MTP heads go to the sidecar),
+    else the project's own 'nanochat'. (`drop_mtp` no longer matters; kept for callers.)"""
+    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 else PROJECT_ARCH
 
 
 def temp_sibling(path: Path) -> Path:
@@ -112,8 +116,10 @@ def export_model(
     drop_mtp: bool = False,
     name: str = "nanochat",
     progress: bool = False,
+    mtp_output: Path | None = None,
 ) -> dict:
-    """Write `model` (+ tokenizer) to the GGUF `output`, and its mHC parameters to `mhc_output`.
+    """Write `model` (+ tokenizer) to the GGUF `output`, and its mHC parameters to `mhc_output`
+    (and, for a `bitnet` file with MTP heads, the heads to `mtp_output`, default `model.mtp`).
 
     Returns a summary: arch, file_type, tensors, bytes, the ternary tensors' parameter count,
     bytes and bits per weight, and the written paths and .mhc checksum.
@@ -127,6 +133,12 @@ def export_model(
     n_mtp = cfg.mtp_n_tokens if write_mtp else 0
     state = model.state_dict()
     plan = tensor_plan(cfg, list(state), write_mtp)
+    sidecar = [s for s in plan if s.gguf_name.startswith("mtp.")] if arch == LLAMA_CPP_ARCH else []
+    plan = [s for s in plan if s not in sidecar]
+    mtp_output = (Path(mtp_output) if mtp_output else default_mtp_path(output)) if sidecar else None
+    mtp_checksum = ""
+    if mtp_output is not None and mtp_output.resolve() in (output.resolve(), Path(mhc_output or output).resolve()):
+        raise ConfigError(f"{mtp_output}: the .mtp output must differ from the GGUF and .mhc outputs")
 
     mhc_checksum = ""
     if cfg.mhc_n_streams > 1:
@@ -141,7 +153,10 @@ def export_model(
 
     ternary_params = ternary_bytes = 0
     # both files go to temporary names and are renamed together at the end (.mhc first)
-    with atomic_path(output) as tmp, (atomic_path(mhc_output) if mhc_output else nullcontext()) as mhc_tmp:
+    with atomic_path(output) as tmp, (atomic_path(mhc_output) if mhc_output else nullcontext()) as mhc_tmp, \
+            (atomic_path(mtp_output) if mtp_output else nullcontext()) as mtp_tmp:
+        if mtp_tmp is not None:  # written first: its checksum goes into the GGUF
+            mtp_checksum = write_mtp_file(mtp_tmp, n_mtp, [(s.gguf_name, *encode_tensor(s, state[s.state_key], cfg, qtype)) for s in sidecar])
         writer = GGUFWriter(tmp, arch)
         try:
             for spec in tqdm(plan, desc="export", unit="tensor", disable=not progress):
@@ -156,6 +171,8 @@ def export_model(
             if mhc_tmp is not None:
                 mhc_checksum = write_mhc(mhc_tmp, params)  # its checksum goes into the GGUF
             _add_hparams(writer, cfg, arch, name, _FILE_TYPES[qtype], mhc_checksum, n_mtp)
+            if mtp_checksum:
+                writer.add_string(MTP_CHECKSUM_KEY, mtp_checksum)
             add_tokenizer_metadata(writer, tokenizer, cfg.vocab_size)
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
@@ -173,6 +190,7 @@ def export_model(
         "gguf": str(output),
         "mhc": str(mhc_output) if mhc_output is not None else None,
         "mhc_checksum": mhc_checksum,
+        "mtp": str(mtp_output) if mtp_output is not None else None,
     }
 
 
@@ -188,10 +206,12 @@ def export_checkpoint(
     quant: str = "tq2_0",
     drop_mtp: bool = False,
     progress: bool = False,
+    mtp_output: Path | None = None,
 ) -> dict:
     """Export a checkpoint folder (or its model.safetensors); the .mhc defaults to next to the GGUF."""
     model, tokenizer, step_dir = load_for_export(Path(checkpoint))
     if mhc_output is None and model.cfg.mhc_n_streams > 1:
         mhc_output = default_mhc_path(output)
     name = step_dir.parent.parent.name or "nanochat"
-    return export_model(model, tokenizer, Path(output), mhc_output, quant=quant, drop_mtp=drop_mtp, name=name, progress=progress)
+    return export_model(model, tokenizer, Path(output), mhc_output, quant=quant, drop_mtp=drop_mtp, name=name, progress=progress,
+                        mtp_output=mtp_output)

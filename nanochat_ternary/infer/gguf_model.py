@@ -24,6 +24,8 @@ from gguf.quants import dequantize
 from ..data.tokenizer import Tokenizer
 from ..errors import DataError, FormatError
 from ..export.mhc_file import MhcParams, read_mhc
+from ..export.mtp_file import CHECKSUM_KEY as MTP_CHECKSUM_KEY
+from ..export.mtp_file import sidecar_tensors
 
 QK = 256
 ARCHS = ("bitnet", "nanochat")
@@ -146,8 +148,8 @@ def _read_hparams(meta: _Meta) -> HParams:
         raise FormatError(f"{meta.path}: nanochat.mhc.n_streams = {hp.n_streams} must be 1, 2 or 4")
     if hp.n_mtp < 0 or hp.n_mtp > 64:
         raise FormatError(f"{meta.path}: nanochat.mtp.n_tokens = {hp.n_mtp} is out of range")
-    if arch == "bitnet" and (hp.n_streams != 1 or hp.n_mtp):
-        raise FormatError(f"{meta.path}: a 'bitnet' file cannot have mHC streams or MTP heads")
+    if arch == "bitnet" and (hp.n_streams != 1 or (hp.n_mtp and not meta.get(MTP_CHECKSUM_KEY, str, "", required=False))):
+        raise FormatError(f"{meta.path}: a 'bitnet' file cannot have mHC streams, or MTP heads other than in an .mtp sidecar")
     return hp
 
 
@@ -262,8 +264,9 @@ def _read_mhc(path: Path, hp: HParams, mhc_path: str | Path | None) -> tuple[Mhc
     return params, mhc_path
 
 
-def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None) -> GGUFModel:
-    """Read, validate and decode a GGUF (+ .mhc). Raises FormatError naming the file and problem."""
+def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None, mtp_path: str | Path | None = None) -> GGUFModel:
+    """Read, validate and decode a GGUF (+ .mhc, + .mtp for a `bitnet` file with MTP heads).
+    Raises FormatError naming the file and problem."""
     path = Path(gguf_path)
     if not path.is_file():
         raise FormatError(f"{path}: GGUF file not found")
@@ -275,6 +278,9 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None) -
     hp = _read_hparams(meta)
     tokenizer, template = _read_tokenizer(meta, hp)
     tensors = {t.name: t for t in reader.tensors}
+    if hp.arch == "bitnet" and hp.n_mtp:  # the heads live in the .mtp sidecar (export/mtp_file.py)
+        hp.n_mtp, heads = sidecar_tensors(path, hp.n_mtp, meta.get(MTP_CHECKSUM_KEY, str), mtp_path)
+        tensors.update(heads)
 
     def need(name: str):
         if name not in tensors:
