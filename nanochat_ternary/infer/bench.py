@@ -109,6 +109,16 @@ def _llama_cpp_rate(path: Path, threads: int, prompt: int, steps: int) -> dict:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+def _cpu_isas() -> list[str]:
+    """The kernel instruction sets this CPU runs (best first), for reading the figures."""
+    from .kernels_build import supported_isas
+
+    try:
+        return supported_isas()
+    except (RuntimeError, OSError):
+        return []
+
+
 def bench_infer(model: str | None = None, mhc: str | None = None, shape: str | None = None, threads: int = 2, prompt_tokens: int = 128,
                 decode_tokens: int = 64, batch: int = 8, rounds: int = 3, baseline: bool = True, progress: bool = False) -> dict:
     torch.set_num_threads(threads)
@@ -139,7 +149,7 @@ def bench_infer(model: str | None = None, mhc: str | None = None, shape: str | N
         med = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in rates.items()}
         result = {
             "model": str(model) if model else f"random {shape} (temporary GGUF)",
-            "backend": engine.backend, "threads": threads, "load_s": round(load_s, 2), **engine.info(),
+            "backend": engine.backend, "cpu_kernel_isas": _cpu_isas(), "threads": threads, "load_s": round(load_s, 2), **engine.info(),
             "file_bytes": engine.file_bytes, "bits_per_projection_weight": round(engine.bits_per_weight, 4),
             "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens, "batch": batch, "rounds": rounds,
             "engine": {"prefill_tokens_per_s": round(med["engine"]["prefill"], 1), "decode_b1_tokens_per_s": round(med["engine"]["b1"], 1),

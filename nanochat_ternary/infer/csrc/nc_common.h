@@ -36,7 +36,13 @@
 #define AI static inline __attribute__((always_inline))
 /* smallest job (multiply-adds) worth an OpenMP region: below it the region's wake-up costs more,
    and on a busy machine a region waits for a descheduled thread */
+#ifndef NC_PARALLEL_WORK
+#if defined(NC_VNNI)
 #define NC_PARALLEL_WORK (1 << 20)
+#else  /* slower per-core kernels: a region pays off sooner (measured on a 2-core AVX2 EPYC) */
+#define NC_PARALLEL_WORK (1 << 18)
+#endif
+#endif
 
 /* this thread's share [n0, n1) of N output rows, in multiples of 8 rows */
 AI void nc_thread_rows(int N, int* n0, int* n1) {
