@@ -141,3 +141,17 @@ def test_llama_cpp_tokenizes_like_us(random_model_gguf):
         assert llm.tokenize(b"fn", add_bos=True, special=True)[0] == 0  # add_bos_token: BOS = <|endoftext|>
     finally:
         llm.close()
+
+
+def test_llama_cpp_loads_a_model_with_mtp_heads(tmp_path):
+    """Every shipped config trains MTP heads: the n = 1 export stays a `bitnet` file llama.cpp
+    runs (heads in the .mtp sidecar), with the same logits as the model's main head."""
+    from nanochat_ternary.infer.gguf_model import read_gguf_model
+
+    torch.set_flush_denormal(True)
+    model, tok = make_tiny_model(use_mtp=True, mtp_n_tokens=2)
+    s = export_model(model, tok, tmp_path / "mtp.gguf", None)
+    assert s["arch"] == "bitnet" and s["mtp"]
+    agreement, corr = compare(model, tok, tmp_path / "mtp.gguf")
+    assert agreement >= 0.95 and corr >= 0.99
+    assert read_gguf_model(tmp_path / "mtp.gguf").hp.n_mtp == 2  # our engine still has the heads
