@@ -251,5 +251,3 @@ def require_supported(cfg: Config) -> None:
         raise NotSupportedError(f"{cfg.source}: model.deltanet_ratio > 0 (Gated DeltaNet layers) is not supported yet")
     if m.use_moe:
         raise NotSupportedError(f"{cfg.source}: model.use_moe (mixture of experts) is not supported yet")
-    if cfg.training.use_8bit_optim:
-        raise NotSupportedError(f"{cfg.source}: training.use_8bit_optim is not supported yet")

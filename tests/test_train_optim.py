@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from nanochat_ternary.config import TrainingConfig
-from nanochat_ternary.errors import NotSupportedError
 from nanochat_ternary.train.lion import Lion
 from nanochat_ternary.train.muon import Muon, newton_schulz, ns_dtype
 from nanochat_ternary.train.optim import build_optimizers, optimizer_state_bytes, set_lr
@@ -158,7 +157,7 @@ def test_build_optimizers_splits_params():
     assert mg["lr"] == 0.01 and lg["lr"] == pytest.approx(0.0005)
 
 
-def test_optimizer_state_bytes_and_8bit_refusal():
+def test_optimizer_state_bytes():
     model = Tiny()
     opts = build_optimizers(model, TrainingConfig())
     assert optimizer_state_bytes(opts) == 0
@@ -169,5 +168,3 @@ def test_optimizer_state_bytes_and_8bit_refusal():
     # One fp32 buffer per parameter that had a gradient: embed, proj.{weight,bias}, out.
     expected = 4 * (50 * 16 + 32 * 16 + 32 + 16 * 32)
     assert optimizer_state_bytes(opts) == expected
-    with pytest.raises(NotSupportedError, match="use_8bit_optim"):
-        build_optimizers(model, TrainingConfig(use_8bit_optim=True))

@@ -121,6 +121,15 @@ class GPT(nn.Module):
         z = self.trunk(idx)
         return self.head(self.norm(z)), [self.head(m(z)) for m in self.mtp]
 
+    def hidden_with_mtp(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """What `forward_with_mtp` feeds the head: final-norm states and each MTP head's states.
+
+        The loss applies the head to these in chunks (train/chunked_head.py) instead of holding
+        all logits.
+        """
+        z = self.trunk(idx)
+        return self.norm(z), [m(z) for m in self.mtp]
+
     def h_res_matrices(self) -> list[torch.Tensor]:
         return [b.mhc.h_res() for b in self.blocks if b.mhc is not None]
 

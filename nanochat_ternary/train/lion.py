@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from . import state8bit
+
 
 class Lion(torch.optim.Optimizer):
     """Lion with decoupled weight decay; any parameter shape."""
@@ -27,6 +29,7 @@ class Lion(torch.optim.Optimizer):
         lr: float,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
+        eight_bit: bool = False,  # momentum kept as 8-bit codes (state8bit.py)
     ) -> None:
         if lr < 0:
             raise ValueError(f"Lion: learning rate must be >= 0, got {lr}")
@@ -34,7 +37,8 @@ class Lion(torch.optim.Optimizer):
             raise ValueError(f"Lion: betas must be two numbers in [0, 1), got {betas}")
         if weight_decay < 0:
             raise ValueError(f"Lion: weight_decay must be >= 0, got {weight_decay}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, eight_bit=eight_bit))
+        state8bit.keep_codes_on_load(self)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -51,13 +55,12 @@ class Lion(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("Lion does not support sparse gradients")
                 g = p.grad
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m = state["exp_avg"]
+                state, eight_bit = self.state[p], group.get("eight_bit", False)
+                m = state8bit.load(state, "exp_avg", p, eight_bit)
                 direction = m.lerp(g, 1 - beta1).sign_()  # sign(beta1 * m + (1 - beta1) * g)
                 if wd:
                     p.mul_(1 - lr * wd)
                 p.add_(direction, alpha=-lr)
                 m.lerp_(g, 1 - beta2)  # m = beta2 * m + (1 - beta2) * g
+                state8bit.store(state, "exp_avg", p, m, eight_bit)
         return loss

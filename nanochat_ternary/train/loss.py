@@ -11,30 +11,34 @@ https://arxiv.org/abs/2404.19737). Every term is returned on its own for logging
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..model.gpt import GPT
+from .chunked_head import head_sums
 
 
-def compute_loss(model: GPT, tokens: torch.Tensor, entropy_weight: float = 0.0, mtp_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """tokens: [B, T + 1] (inputs are [:, :-1], next-token targets [:, 1:])."""
+def compute_loss(model: GPT, tokens: torch.Tensor, entropy_weight: float = 0.0, mtp_weight: float = 0.0,
+                 chunk_tokens: int | None = None) -> tuple[torch.Tensor, dict]:
+    """tokens: [B, T + 1] (inputs are [:, :-1], next-token targets [:, 1:]).
+
+    The head runs over chunks of `chunk_tokens` tokens (default: ~2^23 logits a chunk), so the
+    full [B, T, V] logits never exist (chunked_head.py).
+    """
     idx, targets = tokens[:, :-1], tokens[:, 1:]
-    logits, mtp_logits = model.forward_with_mtp(idx)
-    logits = logits.float()
-    V = logits.shape[-1]
-    logp = F.log_softmax(logits, dim=-1)  # computed once, for both the CE and the entropy
-    ce = F.nll_loss(logp.reshape(-1, V), targets.reshape(-1))
-    entropy = -(logp.exp() * logp).sum(-1).mean()
+    h, mtp_hidden = model.hidden_with_mtp(idx)
+    B, T, D = h.shape
+    V = model.cfg.vocab_size
+    nll, ent = head_sums(model.head, h.reshape(-1, D), targets.reshape(-1), True, chunk_tokens, V)
+    ce, entropy = nll / (B * T), ent / (B * T)
     loss = ce - entropy_weight * entropy
     parts = {"ce": ce.detach(), "entropy": entropy.detach()}
-    if mtp_logits:
-        T = idx.shape[1]
+    if mtp_hidden:
         mtp_losses = []
-        for k, lk in enumerate(mtp_logits, start=1):
+        for k, hk in enumerate(mtp_hidden, start=1):
             # head k at position t predicts tokens[t + 1 + k] = targets[:, t + k]
             if T - k <= 0:
                 continue
-            mtp_losses.append(F.cross_entropy(lk[:, : T - k].float().reshape(-1, V), targets[:, k:].reshape(-1)))
+            nll_k, _ = head_sums(model.head, hk[:, : T - k].reshape(-1, D), targets[:, k:].reshape(-1), False, chunk_tokens, V)
+            mtp_losses.append(nll_k / (B * (T - k)))
         if mtp_losses:
             mtp = torch.stack(mtp_losses).mean()
             loss = loss + mtp_weight * mtp

@@ -20,6 +20,8 @@ import functools
 import torch
 from torch import Tensor
 
+from . import state8bit
+
 # Quintic coefficients from the Muon reference implementation: they maximise the slope at 0
 # (so tiny singular values grow fast) while keeping the iteration bounded near 1.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -79,6 +81,7 @@ class Muon(torch.optim.Optimizer):
         nesterov: bool = True,
         ns_steps: int = 5,
         weight_decay: float = 0.0,
+        eight_bit: bool = False,
     ) -> None:
         if lr < 0:
             raise ValueError(f"Muon: learning rate must be >= 0, got {lr}")
@@ -88,8 +91,10 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"Muon: ns_steps must be >= 1, got {ns_steps}")
         if weight_decay < 0:
             raise ValueError(f"Muon: weight_decay must be >= 0, got {weight_decay}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
+                        eight_bit=eight_bit)  # eight_bit: momentum kept as 8-bit codes (state8bit.py)
         super().__init__(params, defaults)
+        state8bit.keep_codes_on_load(self)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -114,11 +119,10 @@ class Muon(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("Muon does not support sparse gradients")
                 g = p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buf = state["momentum_buffer"]
+                state, eight_bit = self.state[p], group.get("eight_bit", False)
+                buf = state8bit.load(state, "momentum_buffer", p, eight_bit)
                 buf.lerp_(g, 1 - beta)  # buf = beta * buf + (1 - beta) * g
+                state8bit.store(state, "momentum_buffer", p, buf, eight_bit)
                 # Nesterov: look one step ahead along the momentum, without touching p.grad.
                 update = g.lerp(buf, beta) if group["nesterov"] else buf
                 ortho = newton_schulz(update, group["ns_steps"])

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..config import TrainingConfig
-from ..errors import NotSupportedError
 from .lion import Lion
 from .muon import Muon
 
@@ -48,8 +47,6 @@ def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 def build_optimizers(model: nn.Module, tcfg: TrainingConfig) -> list[torch.optim.Optimizer]:
     """[Muon(hidden matrices), Lion(everything else)]; an empty side is left out of the list."""
-    if tcfg.use_8bit_optim:
-        raise NotSupportedError("training.use_8bit_optim (8-bit optimizer states) is not supported yet")
     muon_params, lion_params = split_params(model)
     optimizers: list[torch.optim.Optimizer] = []
     if muon_params:
@@ -61,6 +58,7 @@ def build_optimizers(model: nn.Module, tcfg: TrainingConfig) -> list[torch.optim
                 momentum=tcfg.muon_momentum,
                 ns_steps=tcfg.muon_ns_steps,
                 weight_decay=tcfg.weight_decay,
+                eight_bit=tcfg.use_8bit_optim,
             )
         )
     if lion_params:
@@ -71,6 +69,7 @@ def build_optimizers(model: nn.Module, tcfg: TrainingConfig) -> list[torch.optim
                 lr=lr,
                 betas=tuple(tcfg.lion_betas),
                 weight_decay=tcfg.lion_weight_decay,
+                eight_bit=tcfg.use_8bit_optim,
             )
         )
     return optimizers
