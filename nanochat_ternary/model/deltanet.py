@@ -65,14 +65,19 @@ def gated_delta_step(q, k, v, g, beta, state):
 
 
 def naive_gated_delta_rule(q, k, v, g, beta, initial_state=None):
-    """Reference per-token loop; q, k [B, H, T, dk], v [B, H, T, dv], g, beta [B, H, T]."""
+    """Reference loop (tests only), written in the paper's product form, per token:
+    S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = S_t^T q_t.
+    q, k [B, H, T, dk], v [B, H, T, dv], g, beta [B, H, T]."""
     B, H, T, dk = k.shape
-    state = initial_state if initial_state is not None else k.new_zeros(B, H, dk, v.shape[-1])
+    S = initial_state if initial_state is not None else k.new_zeros(B, H, dk, v.shape[-1])
+    eye = torch.eye(dk, dtype=k.dtype)
     outs = []
     for t in range(T):
-        o, state = gated_delta_step(q[:, :, t], k[:, :, t], v[:, :, t], g[:, :, t], beta[:, :, t], state)
-        outs.append(o)
-    return torch.stack(outs, dim=2), state
+        kt, bt = k[:, :, t, :, None], beta[:, :, t, None, None]  # [B, H, dk, 1], [B, H, 1, 1]
+        transition = g[:, :, t, None, None].exp() * (eye - bt * kt @ kt.transpose(-1, -2))
+        S = transition @ S + bt * kt @ v[:, :, t, None, :]
+        outs.append((S.transpose(-1, -2) @ q[:, :, t, :, None])[..., 0])
+    return torch.stack(outs, dim=2), S
 
 
 def chunk_gated_delta_rule(q, k, v, g, beta, initial_state=None, chunk_size: int = CHUNK):
@@ -83,6 +88,9 @@ def chunk_gated_delta_rule(q, k, v, g, beta, initial_state=None, chunk_size: int
     B, H, T, dk = k.shape
     dv = v.shape[-1]
     dtype = v.dtype
+    if T == 0:
+        state = initial_state.float() if initial_state is not None else k.new_zeros(B, H, dk, dv, dtype=torch.float32)
+        return v.new_zeros(B, H, 0, dv), state
     q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
     C = chunk_size
     pad = (-T) % C
