@@ -31,6 +31,7 @@ from ..config import ModelConfig
 from ..data.tokenizer import Tokenizer
 from ..errors import ConfigError
 from ..model.gpt import GPT
+from . import gguf_deltanet
 from .checkpoint_source import load_for_export
 from .gguf_tensors import check_quantizable, encode_tensor, tensor_plan
 from .gguf_tokenizer import add_tokenizer_metadata
@@ -50,7 +51,8 @@ _FILE_TYPES = {
 def architecture_for(cfg: ModelConfig, drop_mtp: bool) -> str:
     """'bitnet' if llama.cpp can run the file as written, else the project's own 'nanochat'."""
     writes_mtp = cfg.use_mtp and cfg.mtp_n_tokens > 0 and not drop_mtp
-    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 and not writes_mtp else PROJECT_ARCH
+    hybrid = bool(gguf_deltanet.layers_of(cfg))  # llama.cpp's bitnet has no Gated DeltaNet
+    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 and not writes_mtp and not hybrid else PROJECT_ARCH
 
 
 def temp_sibling(path: Path) -> Path:
@@ -101,6 +103,7 @@ def _add_hparams(w: GGUFWriter, cfg: ModelConfig, arch: str, name: str, file_typ
     w.add_key_value("nanochat.mhc.checksum", mhc_checksum, GGUFValueType.STRING)
     w.add_uint32("nanochat.mtp.n_tokens", n_mtp)
     w.add_uint32("nanochat.format_version", FORMAT_VERSION)
+    gguf_deltanet.add_metadata(w, cfg)
 
 
 def export_model(
