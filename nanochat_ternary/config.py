@@ -247,7 +247,5 @@ def require_supported(cfg: Config) -> None:
     from .errors import NotSupportedError
 
     m = cfg.model
-    if m.deltanet_ratio > 0:
-        raise NotSupportedError(f"{cfg.source}: model.deltanet_ratio > 0 (Gated DeltaNet layers) is not supported yet")
     if m.use_moe:
         raise NotSupportedError(f"{cfg.source}: model.use_moe (mixture of experts) is not supported yet")

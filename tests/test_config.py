@@ -62,10 +62,9 @@ def test_overrides():
 
 
 def test_unbuilt_features_refuse_clearly():
-    with pytest.raises(NotSupportedError, match="deltanet_ratio"):
-        require_supported(load_config("configs/models/small_560m.toml"))
+    require_supported(load_config("configs/models/small_560m.toml"))  # Gated DeltaNet is built
     with pytest.raises(NotSupportedError, match="use_moe"):
-        require_supported(load_config("configs/models/medium_3b.toml", ["model.deltanet_ratio=0.0"]))
+        require_supported(load_config("configs/models/medium_3b.toml"))
 
 
 def test_cli_params_json_and_error_exit():

@@ -32,6 +32,7 @@ from ..config import ModelConfig
 from ..data.tokenizer import Tokenizer
 from ..errors import ConfigError
 from ..model.gpt import GPT
+from . import gguf_deltanet
 from .checkpoint_source import load_for_export
 from .gguf_tensors import check_quantizable, encode_tensor, tensor_plan
 from .gguf_tokenizer import add_tokenizer_metadata
@@ -52,9 +53,10 @@ _FILE_TYPES = {
 
 
 def architecture_for(cfg: ModelConfig, drop_mtp: bool) -> str:
-    """'bitnet' if llama.cpp can run the model (one residual stream; MTP heads go to the sidecar),
-    else the project's own 'nanochat'. (`drop_mtp` no longer matters; kept for callers.)"""
-    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 else PROJECT_ARCH
+    """'bitnet' if llama.cpp can run the model (one residual stream, no Gated DeltaNet; MTP heads go
+    to the sidecar), else the project's own 'nanochat'. (`drop_mtp` no longer matters; kept for callers.)"""
+    hybrid = bool(gguf_deltanet.layers_of(cfg))  # llama.cpp's bitnet has no Gated DeltaNet
+    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 and not hybrid else PROJECT_ARCH
 
 
 def temp_sibling(path: Path) -> Path:
@@ -105,6 +107,7 @@ def _add_hparams(w: GGUFWriter, cfg: ModelConfig, arch: str, name: str, file_typ
     w.add_key_value("nanochat.mhc.checksum", mhc_checksum, GGUFValueType.STRING)
     w.add_uint32("nanochat.mtp.n_tokens", n_mtp)
     w.add_uint32("nanochat.format_version", FORMAT_VERSION)
+    gguf_deltanet.add_metadata(w, cfg)
 
 
 def export_model(

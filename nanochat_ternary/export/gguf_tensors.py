@@ -20,6 +20,7 @@ from gguf.quants import quantize
 from ..config import QK_K, ModelConfig
 from ..errors import ConfigError, FormatError, NotSupportedError
 from ..model.bitlinear import quantize_weight
+from . import gguf_deltanet
 
 QUANT_TYPES = {
     "tq2_0": GGMLQuantizationType.TQ2_0,
@@ -49,17 +50,22 @@ _MHC_KEY = re.compile(r"^blocks\.\d+\.mhc\.(res|pre|post)_logits$")
 class TensorSpec:
     gguf_name: str
     state_key: str
-    kind: str  # "embed" | "norm" | "proj"
+    kind: str  # "embed" | "norm" | "proj" | "float" (F32 matrix)
 
 
 def tensor_plan(cfg: ModelConfig, state_keys: list[str], write_mtp: bool) -> list[TensorSpec]:
     """The GGUF tensors, in file order; refuses state-dict entries it does not know how to write."""
-    if cfg.deltanet_ratio > 0 or cfg.use_moe:
-        raise NotSupportedError("export of Gated DeltaNet or MoE layers is not supported yet")
+    if cfg.use_moe:
+        raise NotSupportedError("export of MoE layers is not supported yet")
     plan = [TensorSpec("token_embd.weight", "embed.weight", "embed")]
+    dn_layers = set(gguf_deltanet.layers_of(cfg))
     for i in range(cfg.num_layers):
         for ours, theirs, is_proj in _BLOCK_TENSORS:
+            if i in dn_layers and theirs in gguf_deltanet.REPLACES:
+                continue
             plan.append(TensorSpec(f"blk.{i}.{theirs}", f"blocks.{i}.{ours}", "proj" if is_proj else "norm"))
+        if i in dn_layers:  # Gated DeltaNet mixer tensors (gguf_deltanet.py)
+            plan += [TensorSpec(f"blk.{i}.{theirs}", f"blocks.{i}.attn.{ours}", kind) for ours, theirs, kind in gguf_deltanet.TENSORS]
     plan.append(TensorSpec("output_norm.weight", "norm.weight", "norm"))
     n_mtp = cfg.mtp_n_tokens if cfg.use_mtp else 0
     if write_mtp:
@@ -110,6 +116,8 @@ def encode_tensor(spec: TensorSpec, w: torch.Tensor, cfg: ModelConfig, qtype: GG
         return w.numpy().astype(np.float32), GGMLQuantizationType.F32
     if spec.kind == "embed":
         return w.numpy().astype(np.float16), GGMLQuantizationType.F16
+    if spec.kind == "float":  # a full-precision matrix (DeltaNet's a, b, conv), stored 2-D
+        return w.reshape(w.shape[0], -1).numpy().astype(np.float32), GGMLQuantizationType.F32
     if cfg.use_bitlinear:
         w = quantize_weight(w, cfg.group_size)
     arr = w.numpy().astype(np.float32)

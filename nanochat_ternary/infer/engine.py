@@ -23,7 +23,9 @@ from ..errors import NanochatError
 from .gguf_model import GGUFModel, read_gguf_model
 from .kernels import backend_name, native_library
 from .kv_cache import KVPool, SeqState
+from .deltanet_mixer import spec_of
 from .network import Network
+from .recurrent_state import Recurrence
 
 __all__ = ["Engine", "SeqState", "EngineInputError"]
 
@@ -51,7 +53,8 @@ class Engine:
         proj_params = sum(p.n_out * p.n_in for p in gm.projections.values())
         self.bits_per_weight = 8.0 * sum(p.stored_bytes for p in gm.projections.values()) / max(proj_params, 1)
         hp = gm.hp
-        self.pool = KVPool(hp.n_layers, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.n_ctx, hp.rope_theta, self.lib)
+        self.deltanet = spec_of(gm)  # Gated DeltaNet layers keep a recurrent state, not a KV cache
+        self.pool = KVPool(hp.n_layers - len(hp.dn_layers), hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.n_ctx, hp.rope_theta, self.lib)
 
     @classmethod
     def load(cls, gguf_path: str | Path, mhc_path: str | Path | None = None, num_threads: int | None = None,
@@ -72,6 +75,9 @@ class Engine:
         """Forget the tokens after the first `length` (speculative decoding's rollback)."""
         if not 0 <= length <= state.length:
             raise EngineInputError(f"cannot truncate a sequence of {state.length} tokens to {length}")
+        if self.deltanet is not None and 0 < length < state.length:
+            raise EngineInputError("a Gated DeltaNet model cannot roll a sequence back (its state is recurrent); "
+                                   "speculative decoding needs a pure-attention model")
         state.length = length
 
     def _check(self, tokens: list[int], start: int) -> torch.Tensor:
@@ -93,7 +99,8 @@ class Engine:
         self.pool.ensure_length(start + len(tokens))
         slots = torch.full((len(tokens),), state.slot, dtype=torch.long)
         pos = torch.arange(start, start + len(tokens))
-        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv))
+        recur = Recurrence(self.deltanet, [state], single=True) if self.deltanet else None
+        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv), recur)
         state.length = start + len(tokens)
         state.last_z = z[-1].clone()
         return self.net.head(z if all_logits else z[-1:]), z
@@ -115,7 +122,8 @@ class Engine:
             raise EngineInputError(f"a sequence would exceed the context length {self.n_ctx}")
         self.pool.ensure_length(int(pos.max()) + 1)
         slots = torch.tensor([s.slot for s in states], dtype=torch.long)
-        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv))
+        recur = Recurrence(self.deltanet, states, single=False) if self.deltanet else None
+        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv), recur)
         for j, s in enumerate(states):
             s.length += 1
             s.last_z = z[j].clone()

@@ -26,6 +26,8 @@ from ..errors import DataError, FormatError
 from ..export.mhc_file import MhcParams, read_mhc
 from ..export.mtp_file import CHECKSUM_KEY as MTP_CHECKSUM_KEY
 from ..export.mtp_file import sidecar_tensors
+from ..export.gguf_deltanet import read_hparams as read_deltanet_hparams
+from ..export.gguf_deltanet import tensor_names as deltanet_tensor_names
 
 QK = 256
 ARCHS = ("bitnet", "nanochat")
@@ -55,6 +57,12 @@ class HParams:
     n_streams: int
     mhc_checksum: str
     n_mtp: int
+    # Gated DeltaNet layers (export/gguf_deltanet.py); none in a file without the keys
+    dn_layers: tuple = ()
+    dn_heads: int = 0
+    dn_dk: int = 0
+    dn_dv: int = 0
+    dn_conv: int = 0
 
 
 @dataclass
@@ -76,7 +84,7 @@ class GGUFModel:
     tokenizer: Tokenizer
     chat_template: str
     embed: torch.Tensor  # [V, D] float16 or float32 (tied LM head)
-    norms: dict[str, torch.Tensor] = field(default_factory=dict)  # GGUF name -> float32
+    norms: dict[str, torch.Tensor] = field(default_factory=dict)  # GGUF name -> float32 (also F32 matrices)
     projections: dict[str, Projection] = field(default_factory=dict)
     mhc: MhcParams | None = None
     mhc_path: Path | None = None
@@ -150,6 +158,7 @@ def _read_hparams(meta: _Meta) -> HParams:
         raise FormatError(f"{meta.path}: nanochat.mtp.n_tokens = {hp.n_mtp} is out of range")
     if arch == "bitnet" and (hp.n_streams != 1 or (hp.n_mtp and not meta.get(MTP_CHECKSUM_KEY, str, "", required=False))):
         raise FormatError(f"{meta.path}: a 'bitnet' file cannot have mHC streams, or MTP heads other than in an .mtp sidecar")
+    read_deltanet_hparams(meta, hp)
     return hp
 
 
@@ -293,7 +302,14 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None, m
     shapes = {"attn_q": (hp.dim, hp.dim), "attn_k": (kv, hp.dim), "attn_v": (kv, hp.dim), "attn_output": (hp.dim, hp.dim),
               "ffn_gate": (hp.ffn, hp.dim), "ffn_up": (hp.ffn, hp.dim), "ffn_down": (hp.dim, hp.ffn)}
     names: list[tuple[str, tuple[int, int] | int]] = []
+    floats: list[tuple[str, tuple[int, int]]] = []  # full-precision matrices (DeltaNet a, b, conv)
     for i in range(hp.n_layers):
+        if i in hp.dn_layers:  # a Gated DeltaNet mixer instead of attention
+            n, f = deltanet_tensor_names(hp, i)
+            names, floats = names + n, floats + f
+            names += [(f"blk.{i}.{s}.weight", hp.ffn if s == "ffn_sub_norm" else hp.dim) for s in _BLOCK_NORMS if s != "attn_sub_norm"]
+            names += [(f"blk.{i}.{s}.weight", shapes[s]) for s in _BLOCK_PROJ if s.startswith("ffn")]
+            continue
         names += [(f"blk.{i}.{s}.weight", hp.ffn if s == "ffn_sub_norm" else hp.dim) for s in _BLOCK_NORMS]
         names += [(f"blk.{i}.{s}.weight", shapes[s]) for s in _BLOCK_PROJ]
     for k in range(hp.n_mtp):
@@ -304,6 +320,8 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None, m
             model.norms[name] = _float_tensor(path, t, (shape,), False)
         else:
             model.projections[name] = _projection(path, t, shape[0], shape[1], hp)
+    for name, shape in floats:
+        model.norms[name] = _float_tensor(path, need(name), shape, False)
     model.mhc, model.mhc_path = _read_mhc(path, hp, mhc_path)
     model.file_bytes = path.stat().st_size
     return model

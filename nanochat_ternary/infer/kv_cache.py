@@ -30,10 +30,12 @@ class SeqState:
         self.length = 0
         self.slot = slot
         self.last_z: torch.Tensor | None = None  # trunk state of the last token (for MTP drafts)
+        self.recurrent = None  # Gated DeltaNet state (infer/recurrent_state.py), hybrid models only
         self._finalizer = weakref.finalize(self, pool.free, slot)
 
     def release(self) -> None:
         """Free the slot now (also happens automatically when the state is dropped)."""
+        self.recurrent = None
         self._finalizer()
 
 

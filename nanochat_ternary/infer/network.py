@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.mhc import permutation_matrices, res_matrix
+from .deltanet_mixer import DeltaNetMixer
 from .gguf_model import GGUFModel, Projection
 from .kernels import dense_matmul, gather_dot, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, ternary_matmul
 
@@ -85,6 +86,7 @@ class Layer:
     h_pre: torch.Tensor | None = None  # [1, n]
     h_res: torch.Tensor | None = None  # [n, n]
     h_post: torch.Tensor | None = None  # [n, 1]
+    mixer: DeltaNetMixer | None = None  # a Gated DeltaNet layer (qkv, o, attn_sub_norm are None)
 
 
 @dataclass
@@ -113,12 +115,16 @@ class Network:
         lin = lambda names: Linear([gm.projections[n] for n in names], hp.activation_bits, hp.use_bitlinear, lib)  # noqa: E731
         perms = permutation_matrices(hp.n_streams) if hp.n_streams > 1 else None
         self.layers: list[Layer] = []
+        # attention layers use KV-cache layers 0, 1, ... in order; DeltaNet layers have none
+        self.kv_index = {i: j for j, i in enumerate(i for i in range(hp.n_layers) if i not in hp.dn_layers)}
         for i in range(hp.n_layers):
             b = f"blk.{i}."
+            dn = i in hp.dn_layers
             layer = Layer(
-                gm.norms[b + "attn_norm.weight"], gm.norms[b + "attn_sub_norm.weight"], gm.norms[b + "ffn_norm.weight"],
-                gm.norms[b + "ffn_sub_norm.weight"], lin([b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]),
-                lin([b + "attn_output.weight"]), lin([b + "ffn_gate.weight", b + "ffn_up.weight"]), lin([b + "ffn_down.weight"]),
+                gm.norms[b + "attn_norm.weight"], None if dn else gm.norms[b + "attn_sub_norm.weight"], gm.norms[b + "ffn_norm.weight"],
+                gm.norms[b + "ffn_sub_norm.weight"], None if dn else lin([b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]),
+                None if dn else lin([b + "attn_output.weight"]), lin([b + "ffn_gate.weight", b + "ffn_up.weight"]), lin([b + "ffn_down.weight"]),
+                mixer=DeltaNetMixer(gm, i, lin) if dn else None,
             )
             if perms is not None:  # mHC: H_pre = softmax, H_res = sum_k w_k P_k, H_post = 2 sigmoid
                 m = gm.mhc
@@ -131,28 +137,31 @@ class Network:
 
     def weight_bytes(self) -> dict:
         """In-memory bytes of the projection weights and of the embedding/head."""
-        proj = sum(lin.nbytes() for L in self.layers for lin in (L.qkv, L.o, L.gate_up, L.down))
+        proj = sum(lin.nbytes() for L in self.layers for lin in (L.qkv, L.o, L.gate_up, L.down, L.mixer) if lin is not None)
         proj += sum(h.proj.nbytes() for h in self.mtp)
         return {"projections": proj, "embedding": self.embed_table.numel() * self.embed_table.element_size()}
 
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), w, self.eps)
 
-    def _attention(self, i: int, L: Layer, x: torch.Tensor, attend: Attend) -> torch.Tensor:
-        y = attend(i, L.qkv(x, L.attn_norm, self.eps))
+    def _attention(self, i: int, L: Layer, x: torch.Tensor, attend: Attend, recur=None) -> torch.Tensor:
+        if L.mixer is not None:  # Gated DeltaNet: `recur` holds the rows' recurrent states
+            return L.mixer(x, L.attn_norm, recur)
+        y = attend(self.kv_index[i], L.qkv(x, L.attn_norm, self.eps))
         return L.o(y, L.attn_sub_norm, self.eps)
 
     def _ffn(self, L: Layer, x: torch.Tensor) -> torch.Tensor:
         return L.down(L.gate_up(x, L.ffn_norm, self.eps), L.ffn_sub_norm, self.eps, glu=True)
 
-    def trunk(self, ids: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def trunk(self, ids: torch.Tensor, attend: Attend, recur=None) -> torch.Tensor:
         """Token ids [N] -> trunk state z [N, D] (streams averaged, pre-norm); `attend` knows
-        each row's cache slot and position."""
+        each row's cache slot and position, `recur` (recurrent_state.Recurrence) the rows'
+        DeltaNet states (hybrid models only)."""
         x = self.embed_table[ids].float()
         n = self.hp.n_streams
         if n == 1:
             for i, L in enumerate(self.layers):
-                x = x + self._attention(i, L, x, attend)
+                x = x + self._attention(i, L, x, attend, recur)
                 x = x + self._ffn(L, x)
             return x
         X = x.unsqueeze(1).expand(-1, n, -1).contiguous()  # [N, n, D]: streams start as copies
@@ -160,7 +169,7 @@ class Network:
             # broadcast multiply + sum over the n streams (not matmul: tiny GEMMs cost more in
             # dispatch and threads than the maths, and their results may depend on N)
             h = (L.h_pre[:, :, None] * X).sum(1)
-            a = self._attention(i, L, h, attend)
+            a = self._attention(i, L, h, attend, recur)
             f = self._ffn(L, h + a)
             X = (L.h_res[None, :, :, None] * X[:, None]).sum(2) + L.h_post * (a + f).unsqueeze(1)
         return X.mean(dim=1)

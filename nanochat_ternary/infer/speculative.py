@@ -63,6 +63,9 @@ def speculative_generate(engine: Engine, prompt_tokens: list[int], max_new_token
     """
     if engine.n_mtp == 0:
         raise EngineInputError(f"{engine.model_file}: speculative decoding needs MTP heads and this model has none")
+    if getattr(engine, "deltanet", None) is not None:  # a rejected draft must be rolled back
+        raise EngineInputError(f"{engine.model_file}: a Gated DeltaNet model cannot roll back rejected drafts; "
+                               "speculative decoding needs a pure-attention model")
     k = engine.n_mtp if draft_tokens is None else max(0, min(int(draft_tokens), engine.n_mtp))
     stop = stop_tokens or set()
     stats = SpecStats()

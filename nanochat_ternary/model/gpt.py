@@ -9,6 +9,8 @@ State-dict names (the export contract):
   embed.weight                      [V, D]
   blocks.{i}.attn_norm.weight       [D]
   blocks.{i}.attn.{q,k,v,o}_proj.weight, blocks.{i}.attn.sub_norm.weight [D]
+  blocks.{i}.attn.{q,k,v,g,o}_proj.weight, .a_proj/.b_proj.weight [H, D], .conv.weight [C, 1, 4],
+      .A_log [H], .dt_bias [H], .o_norm.weight [hd]   (instead, on Gated DeltaNet layers: deltanet.py)
   blocks.{i}.ffn_norm.weight        [D]
   blocks.{i}.ffn.{gate,up,down}_proj.weight, blocks.{i}.ffn.sub_norm.weight [F]
   blocks.{i}.mhc.{res,pre,post}_logits   (only when mhc_n_streams > 1)
@@ -27,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ModelConfig
 from .attention import Attention
 from .bitlinear import make_linear
+from .deltanet import GatedDeltaNet, deltanet_layers
 from .ffn import SwiGLU
 from .mhc import MHC, composite_gain
 from .rope import rope_tables
@@ -36,7 +39,8 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg)
+        # the token mixer: full attention, or a Gated DeltaNet on the layers deltanet_layers picks
+        self.attn = GatedDeltaNet(cfg) if layer_idx in deltanet_layers(cfg.num_layers, cfg.deltanet_ratio) else Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
         self.mhc = MHC(cfg.mhc_n_streams, layer_idx) if cfg.mhc_n_streams > 1 else None
@@ -91,6 +95,8 @@ class GPT(nn.Module):
                 m.weight.fill_(1.0)
             if isinstance(m, MHC):  # back to the near-identity init
                 m.__init__(m.n, m.layer_idx)
+            if isinstance(m, GatedDeltaNet):  # decay/dt gates and conv: fla's init, seeded
+                m.reset_gates(gen)
 
     def trunk(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids [B, T] -> trunk state z [B, T, D] (streams averaged, before the final norm)."""

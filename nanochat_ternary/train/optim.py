@@ -3,8 +3,9 @@
 Muon's orthogonalised update only makes sense for the hidden weight matrices (the projections
 of attention and FFN, BitLinear's latent weights). Everything else, the embedding (tied with the
 LM head), the norms, the mHC logits, biases and gates, goes to Lion at `lion_lr_mult` times the
-learning rate (DESIGN.md section 3). Every param group records its base learning rate as
-`initial_lr`, so the training loop scales all groups with one schedule multiplier (`set_lr`).
+learning rate (DESIGN.md section 3); parameters marked `_no_weight_decay` get no weight decay.
+Every param group records its base learning rate as `initial_lr`, so the training loop scales
+all groups with one schedule multiplier (`set_lr`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def build_optimizers(model: nn.Module, tcfg: TrainingConfig) -> list[torch.optim
         lr = tcfg.learning_rate * tcfg.lion_lr_mult
         optimizers.append(
             Lion(
-                [{"params": lion_params, "initial_lr": lr}],
+                _lion_groups(lion_params, lr),
                 lr=lr,
                 betas=tuple(tcfg.lion_betas),
                 weight_decay=tcfg.lion_weight_decay,
@@ -73,6 +74,16 @@ def build_optimizers(model: nn.Module, tcfg: TrainingConfig) -> list[torch.optim
             )
         )
     return optimizers
+
+
+def _lion_groups(params: list[nn.Parameter], lr: float) -> list[dict]:
+    """Lion's param groups: parameters marked `_no_weight_decay` (Gated DeltaNet's A_log and
+    dt_bias: decay is a time scale, pulling it to 0 would change what the layer remembers) get
+    weight_decay 0; the rest use the optimizer's lion_weight_decay."""
+    decay = [p for p in params if not getattr(p, "_no_weight_decay", False)]
+    keep = [p for p in params if getattr(p, "_no_weight_decay", False)]
+    groups = [{"params": decay, "initial_lr": lr}] if decay else []
+    return groups + ([{"params": keep, "initial_lr": lr, "weight_decay": 0.0}] if keep else [])
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
