@@ -29,7 +29,7 @@ def cmd_params(args) -> int:
         print(json.dumps(counts))
     else:
         print(f"{args.config}")
-        for key in ("total", "non_embedding", "embedding", "mtp", "linear_weights"):
+        for key in ("total", "active", "non_embedding", "embedding", "mtp", "linear_weights"):
             print(f"  {key:<16} {counts[key]:>15,}  ({counts[key] / 1e6:,.1f}M)")
         print(f"  {'train FLOPs/token':<16} {counts['flops_per_token']:>15,.0f}")
     return 0
