@@ -170,3 +170,21 @@ def test_medium_mix_trains_at_reduced_size(one_thread):
     assert cfg.model.use_moe and cfg.model.mhc_n_streams == 4
     losses = _train_steps(cfg.model, 4)
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
+
+
+def test_trainer_logs_moe_scalars(tmp_path, tiny_dataset, tiny_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nanochat_ternary.train.trainer import train
+
+    for k, v in {"use_moe": True, "num_experts": 4, "num_active_experts": 2, "expert_ffn_mult": 1.0}.items():
+        setattr(tiny_config.model, k, v)
+    tiny_config.training.checkpoint_interval = 100
+    result = train(tiny_config, data=str(tiny_dataset), run_dir=tmp_path, quiet=True)
+    assert result.checkpoint is not None
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/moe_aux", "moe/dropped_fraction", "moe/expert_load_max", "moe/expert_load_min"} <= tags, tags
+    aux = [e.value for e in acc.Scalars("loss/moe_aux")]
+    assert all(0 < a < 0.01 * 4 for a in aux)  # between balanced (= weight 0.01) and full collapse (E/k x)
