@@ -32,6 +32,7 @@ from ..data.tokenizer import Tokenizer
 from ..errors import ConfigError
 from ..model.gpt import GPT
 from .checkpoint_source import load_for_export
+from .gguf_moe import add_moe_hparams, stack_experts
 from .gguf_tensors import check_quantizable, encode_tensor, tensor_plan
 from .gguf_tokenizer import add_tokenizer_metadata
 from .mhc_file import mhc_params_from_state_dict, write_mhc
@@ -50,7 +51,7 @@ _FILE_TYPES = {
 def architecture_for(cfg: ModelConfig, drop_mtp: bool) -> str:
     """'bitnet' if llama.cpp can run the file as written, else the project's own 'nanochat'."""
     writes_mtp = cfg.use_mtp and cfg.mtp_n_tokens > 0 and not drop_mtp
-    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 and not writes_mtp else PROJECT_ARCH
+    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 and not writes_mtp and not cfg.use_moe else PROJECT_ARCH
 
 
 def temp_sibling(path: Path) -> Path:
@@ -101,6 +102,7 @@ def _add_hparams(w: GGUFWriter, cfg: ModelConfig, arch: str, name: str, file_typ
     w.add_key_value("nanochat.mhc.checksum", mhc_checksum, GGUFValueType.STRING)
     w.add_uint32("nanochat.mtp.n_tokens", n_mtp)
     w.add_uint32("nanochat.format_version", FORMAT_VERSION)
+    add_moe_hparams(w, cfg)  # expert counts (MoE models only; gguf_moe.py)
 
 
 def export_model(
@@ -125,7 +127,7 @@ def export_model(
     arch = architecture_for(cfg, drop_mtp)
     write_mtp = cfg.use_mtp and not drop_mtp
     n_mtp = cfg.mtp_n_tokens if write_mtp else 0
-    state = model.state_dict()
+    state = stack_experts(model.state_dict(), cfg)  # MoE experts as stacked [E, ...] tensors
     plan = tensor_plan(cfg, list(state), write_mtp)
 
     mhc_checksum = ""

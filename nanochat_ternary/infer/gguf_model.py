@@ -24,6 +24,7 @@ from gguf.quants import dequantize
 from ..data.tokenizer import Tokenizer
 from ..errors import DataError, FormatError
 from ..export.mhc_file import MhcParams, read_mhc
+from .moe import check_moe_hparams, is_moe_layer, read_moe_layer
 
 QK = 256
 ARCHS = ("bitnet", "nanochat")
@@ -53,6 +54,10 @@ class HParams:
     n_streams: int
     mhc_checksum: str
     n_mtp: int
+    n_experts: int = 0  # MoE (infer/moe.py): 0 for a dense model
+    n_experts_used: int = 0
+    expert_ffn: int = 0
+    moe_interval: int = 1
 
 
 @dataclass
@@ -146,6 +151,11 @@ def _read_hparams(meta: _Meta) -> HParams:
         raise FormatError(f"{meta.path}: nanochat.mhc.n_streams = {hp.n_streams} must be 1, 2 or 4")
     if hp.n_mtp < 0 or hp.n_mtp > 64:
         raise FormatError(f"{meta.path}: nanochat.mtp.n_tokens = {hp.n_mtp} is out of range")
+    hp.n_experts = meta.get(f"{arch}.expert_count", int, 0, required=False)
+    if hp.n_experts:
+        hp.n_experts_used, hp.expert_ffn = a("expert_used_count"), a("expert_feed_forward_length")
+        hp.moe_interval = meta.get("nanochat.moe.layer_interval", int)
+    check_moe_hparams(meta.path, hp)
     if arch == "bitnet" and (hp.n_streams != 1 or hp.n_mtp):
         raise FormatError(f"{meta.path}: a 'bitnet' file cannot have mHC streams or MTP heads")
     return hp
@@ -288,8 +298,9 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None) -
               "ffn_gate": (hp.ffn, hp.dim), "ffn_up": (hp.ffn, hp.dim), "ffn_down": (hp.dim, hp.ffn)}
     names: list[tuple[str, tuple[int, int] | int]] = []
     for i in range(hp.n_layers):
-        names += [(f"blk.{i}.{s}.weight", hp.ffn if s == "ffn_sub_norm" else hp.dim) for s in _BLOCK_NORMS]
-        names += [(f"blk.{i}.{s}.weight", shapes[s]) for s in _BLOCK_PROJ]
+        dense = not is_moe_layer(hp, i)  # an MoE layer's FFN tensors are read by read_moe_layer below
+        names += [(f"blk.{i}.{s}.weight", hp.ffn if s == "ffn_sub_norm" else hp.dim) for s in _BLOCK_NORMS if dense or s != "ffn_sub_norm"]
+        names += [(f"blk.{i}.{s}.weight", shapes[s]) for s in _BLOCK_PROJ if dense or not s.startswith("ffn_")]
     for k in range(hp.n_mtp):
         names += [(f"mtp.{k}.norm_in.weight", hp.dim), (f"mtp.{k}.proj.weight", (hp.dim, hp.dim)), (f"mtp.{k}.norm_out.weight", hp.dim)]
     for name, shape in names:
@@ -298,6 +309,9 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None) -
             model.norms[name] = _float_tensor(path, t, (shape,), False)
         else:
             model.projections[name] = _projection(path, t, shape[0], shape[1], hp)
+    for i in range(hp.n_layers):
+        if is_moe_layer(hp, i):
+            read_moe_layer(path, need, i, hp, model, _projection, _float_tensor)
     model.mhc, model.mhc_path = _read_mhc(path, hp, mhc_path)
     model.file_bytes = path.stat().st_size
     return model
