@@ -47,6 +47,9 @@ class ModelConfig:
     num_active_experts: int = 2
     expert_capacity_factor: float = 1.25
     expert_ffn_mult: float = 0.0  # 0: experts use ffn_mult
+    moe_layer_interval: int = 1  # every k-th layer's FFN is an MoE (layers k-1, 2k-1, ...; model/moe.py)
+    moe_aux_weight: float = 0.01  # Switch load-balancing loss weight (equals the loss at uniform routing)
+    moe_z_loss_weight: float = 0.0  # router z-loss weight (ST-MoE); 0 disables it
     # multi-token prediction
     use_mtp: bool = False
     mtp_n_tokens: int = 4
@@ -59,6 +62,11 @@ class ModelConfig:
     def ffn_hidden(self) -> int:
         """SwiGLU hidden size: ffn_mult * hidden_dim rounded up to a multiple of 256."""
         return int(math.ceil(self.ffn_mult * self.hidden_dim / QK_K) * QK_K)
+
+    @property
+    def expert_ffn_hidden(self) -> int:
+        """An MoE expert's SwiGLU hidden size: expert_ffn_mult (or ffn_mult) * hidden_dim, to 256."""
+        return int(math.ceil((self.expert_ffn_mult or self.ffn_mult) * self.hidden_dim / QK_K) * QK_K)
 
 
 @dataclass
@@ -219,8 +227,8 @@ def validate(cfg: Config) -> None:
         raise bad("model.deltanet_ratio", "must be in [0, 1)")
     if m.use_mtp and m.mtp_n_tokens < 1:
         raise bad("model.mtp_n_tokens", "must be at least 1 when model.use_mtp is true")
-    if m.use_moe and not 1 <= m.num_active_experts <= m.num_experts:
-        raise bad("model.num_active_experts", "must be between 1 and model.num_experts")
+    if m.use_moe:
+        _validate_moe(m, bad)
     for key in ("total_steps", "batch_size", "seq_length", "checkpoint_interval", "log_interval"):
         if getattr(t, key) <= 0:
             raise bad(f"training.{key}", "must be positive")
@@ -242,10 +250,26 @@ def validate(cfg: Config) -> None:
         raise bad("hardware.dtype", f"must be auto, float32 or bfloat16 (got {h.dtype!r})")
 
 
+def _validate_moe(m: ModelConfig, bad) -> None:
+    if m.num_experts < 1:
+        raise bad("model.num_experts", "must be at least 1")
+    if not 1 <= m.num_active_experts <= m.num_experts:
+        raise bad("model.num_active_experts", "must be between 1 and model.num_experts")
+    if m.expert_capacity_factor <= 0:
+        raise bad("model.expert_capacity_factor", "must be positive")
+    if m.expert_ffn_mult < 0:
+        raise bad("model.expert_ffn_mult", "must not be negative (0: the experts use model.ffn_mult)")
+    if not 1 <= m.moe_layer_interval <= m.num_layers:
+        raise bad("model.moe_layer_interval", f"must be between 1 and model.num_layers ({m.num_layers})")
+    if m.moe_aux_weight < 0 or m.moe_z_loss_weight < 0:
+        raise bad("model.moe_aux_weight/moe_z_loss_weight", "must not be negative")
+    if m.use_bitlinear and m.group_size and m.expert_ffn_hidden % m.group_size:
+        raise bad("model.group_size", f"({m.group_size}) must divide the expert hidden size ({m.expert_ffn_hidden})")
+
+
 def require_supported(cfg: Config) -> None:
     """Refuse features that are configured but not built yet, instead of silently ignoring them."""
     from .errors import NotSupportedError
 
     m = cfg.model
-    if m.use_moe:
-        raise NotSupportedError(f"{cfg.source}: model.use_moe (mixture of experts) is not supported yet")
+    del m  # every configurable feature is built now; a new one that is not refuses here

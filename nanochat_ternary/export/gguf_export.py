@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..model.gpt import GPT
 from . import gguf_deltanet
 from .checkpoint_source import load_for_export
+from .gguf_moe import add_moe_hparams, stack_experts
 from .gguf_tensors import check_quantizable, encode_tensor, tensor_plan
 from .gguf_tokenizer import add_tokenizer_metadata
 from .mhc_file import mhc_params_from_state_dict, write_mhc
@@ -53,10 +54,10 @@ _FILE_TYPES = {
 
 
 def architecture_for(cfg: ModelConfig, drop_mtp: bool) -> str:
-    """'bitnet' if llama.cpp can run the model (one residual stream, no Gated DeltaNet; MTP heads go
-    to the sidecar), else the project's own 'nanochat'. (`drop_mtp` no longer matters; kept for callers.)"""
+    """'bitnet' if llama.cpp can run the model (one residual stream, no Gated DeltaNet, no MoE; MTP
+    heads go to the sidecar), else the project's own 'nanochat'. (`drop_mtp` no longer matters.)"""
     hybrid = bool(gguf_deltanet.layers_of(cfg))  # llama.cpp's bitnet has no Gated DeltaNet
-    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 and not hybrid else PROJECT_ARCH
+    return LLAMA_CPP_ARCH if cfg.mhc_n_streams == 1 and not hybrid and not cfg.use_moe else PROJECT_ARCH
 
 
 def temp_sibling(path: Path) -> Path:
@@ -108,6 +109,7 @@ def _add_hparams(w: GGUFWriter, cfg: ModelConfig, arch: str, name: str, file_typ
     w.add_uint32("nanochat.mtp.n_tokens", n_mtp)
     w.add_uint32("nanochat.format_version", FORMAT_VERSION)
     gguf_deltanet.add_metadata(w, cfg)
+    add_moe_hparams(w, cfg)  # expert counts (MoE models only; gguf_moe.py)
 
 
 def export_model(
@@ -134,7 +136,7 @@ def export_model(
     arch = architecture_for(cfg, drop_mtp)
     write_mtp = cfg.use_mtp and not drop_mtp
     n_mtp = cfg.mtp_n_tokens if write_mtp else 0
-    state = model.state_dict()
+    state = stack_experts(model.state_dict(), cfg)  # MoE experts as stacked [E, ...] tensors
     plan = tensor_plan(cfg, list(state), write_mtp)
     sidecar = [s for s in plan if s.gguf_name.startswith("mtp.")] if arch == LLAMA_CPP_ARCH else []
     plan = [s for s in plan if s not in sidecar]

@@ -21,6 +21,8 @@ from ..config import QK_K, ModelConfig
 from ..errors import ConfigError, FormatError, NotSupportedError
 from ..model.bitlinear import quantize_weight
 from . import gguf_deltanet
+from ..model.moe import is_moe_layer
+from .gguf_moe import MOE_TENSORS
 
 QUANT_TYPES = {
     "tq2_0": GGMLQuantizationType.TQ2_0,
@@ -50,22 +52,23 @@ _MHC_KEY = re.compile(r"^blocks\.\d+\.mhc\.(res|pre|post)_logits$")
 class TensorSpec:
     gguf_name: str
     state_key: str
-    kind: str  # "embed" | "norm" | "proj" | "float" (F32 matrix)
+    kind: str  # "embed" | "norm" | "proj" | "float" (F32 matrix) | "router" (F32 matrix)
 
 
 def tensor_plan(cfg: ModelConfig, state_keys: list[str], write_mtp: bool) -> list[TensorSpec]:
     """The GGUF tensors, in file order; refuses state-dict entries it does not know how to write."""
-    if cfg.use_moe:
-        raise NotSupportedError("export of MoE layers is not supported yet")
     plan = [TensorSpec("token_embd.weight", "embed.weight", "embed")]
     dn_layers = set(gguf_deltanet.layers_of(cfg))
     for i in range(cfg.num_layers):
-        for ours, theirs, is_proj in _BLOCK_TENSORS:
+        moe = is_moe_layer(cfg, i)
+        for ours, theirs, is_proj in _BLOCK_TENSORS[:7] if moe else _BLOCK_TENSORS:
             if i in dn_layers and theirs in gguf_deltanet.REPLACES:
                 continue
             plan.append(TensorSpec(f"blk.{i}.{theirs}", f"blocks.{i}.{ours}", "proj" if is_proj else "norm"))
         if i in dn_layers:  # Gated DeltaNet mixer tensors (gguf_deltanet.py)
             plan += [TensorSpec(f"blk.{i}.{theirs}", f"blocks.{i}.attn.{ours}", kind) for ours, theirs, kind in gguf_deltanet.TENSORS]
+        if moe:  # the dense FFN tensors give way to the router and the stacked experts (gguf_moe.py)
+            plan += [TensorSpec(f"blk.{i}.{theirs}", f"blocks.{i}.{ours}", kind) for ours, theirs, kind in MOE_TENSORS]
     plan.append(TensorSpec("output_norm.weight", "norm.weight", "norm"))
     n_mtp = cfg.mtp_n_tokens if cfg.use_mtp else 0
     if write_mtp:
@@ -97,7 +100,8 @@ def check_quantizable(cfg: ModelConfig, quant: str) -> GGMLQuantizationType:
         )
     qtype = QUANT_TYPES[quant]
     if qtype != GGMLQuantizationType.F16:
-        for name, n_in in (("model.hidden_dim", cfg.hidden_dim), ("FFN hidden size", cfg.ffn_hidden)):
+        for name, n_in in (("model.hidden_dim", cfg.hidden_dim), ("FFN hidden size", cfg.ffn_hidden),
+                           ("expert hidden size", cfg.expert_ffn_hidden)):
             if n_in % QK_K:
                 raise ConfigError(f"{name} ({n_in}) is not a multiple of {QK_K}; cannot pack {quant}")
     return qtype
@@ -112,14 +116,14 @@ def encode_tensor(spec: TensorSpec, w: torch.Tensor, cfg: ModelConfig, qtype: GG
     projections are its raw weights in F16. Norms are F32, the tied embedding F16.
     """
     w = w.detach().float().cpu()
-    if spec.kind == "norm":
+    if spec.kind in ("norm", "router"):
         return w.numpy().astype(np.float32), GGMLQuantizationType.F32
     if spec.kind == "embed":
         return w.numpy().astype(np.float16), GGMLQuantizationType.F16
     if spec.kind == "float":  # a full-precision matrix (DeltaNet's a, b, conv), stored 2-D
         return w.reshape(w.shape[0], -1).numpy().astype(np.float32), GGMLQuantizationType.F32
-    if cfg.use_bitlinear:
-        w = quantize_weight(w, cfg.group_size)
+    if cfg.use_bitlinear:  # stacked experts [E, N, K]: each expert has its own scale
+        w = quantize_weight(w, cfg.group_size) if w.ndim == 2 else torch.stack([quantize_weight(x, cfg.group_size) for x in w])
     arr = w.numpy().astype(np.float32)
     if qtype == GGMLQuantizationType.F16:
         return arr.astype(np.float16), qtype

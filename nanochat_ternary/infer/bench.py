@@ -37,19 +37,20 @@ SHAPES = {
 }
 
 
-def export_random_model(shape: str, out_dir: Path, progress: bool = False) -> Path:
-    """A seeded random model of `shape` with a small synthetic-Rust tokenizer, exported to GGUF."""
+def export_random_model(shape: str, out_dir: Path, progress: bool = False, overrides: dict | None = None, tag: str = "") -> Path:
+    """A seeded random model of `shape` (+ model-config `overrides`) with a small synthetic-Rust
+    tokenizer, exported to GGUF (`out_dir/{shape}{tag}.gguf`)."""
     from ..config import config_from_dict
     from ..data.synthetic import generate_programs
     from ..data.tokenizer import train_tokenizer
     from ..export.gguf_export import export_model
     from ..model.gpt import GPT
 
-    cfg = config_from_dict({"model": SHAPES[shape], "training": {"seq_length": 256}}, source=f"--shape {shape}")
+    cfg = config_from_dict({"model": {**SHAPES[shape], **(overrides or {})}, "training": {"seq_length": 256}}, source=f"--shape {shape}")
     model = GPT(cfg.model)
     model.init_weights(seed=0)
     tokenizer = train_tokenizer(generate_programs(200, seed=0), 512)  # padded to vocab_size by the exporter
-    path = out_dir / f"{shape}.gguf"
+    path = out_dir / f"{shape}{tag}.gguf"
     export_model(model.eval(), tokenizer, path, None, name=f"random-{shape}", progress=progress)
     return path
 

@@ -76,6 +76,13 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
 
     if (args.model is None) == (args.shape is None):
         raise ConfigError("bench infer: give exactly one of --model M.gguf or --shape nano")
+    if args.moe:
+        from .bench_moe import bench_infer_moe
+
+        if args.shape is None:
+            raise ConfigError("bench infer --moe: needs --shape (it builds the MoE / dense pair itself)")
+        print(json.dumps(bench_infer_moe(args.shape, args.threads, args.prompt_tokens, args.decode_tokens, args.batch), indent=2))
+        return 0
     result = bench_infer(model=args.model, mhc=args.mhc, shape=args.shape, threads=args.threads, prompt_tokens=args.prompt_tokens,
                          decode_tokens=args.decode_tokens, batch=args.batch, baseline=not args.no_baseline, progress=True)
     print(json.dumps(result, indent=2))
@@ -106,4 +113,5 @@ def register(sub, bench) -> None:
     p.add_argument("--decode-tokens", type=positive_int("--decode-tokens"), default=64)
     p.add_argument("--batch", type=positive_int("--batch"), default=8)
     p.add_argument("--no-baseline", action="store_true", help="skip the fp32 PyTorch comparison")
+    p.add_argument("--moe", action="store_true", help="with --shape: an 8x2 MoE vs the dense model of the same active parameters")
     p.set_defaults(func=cmd_bench_infer)

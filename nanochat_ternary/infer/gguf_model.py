@@ -28,6 +28,7 @@ from ..export.mtp_file import CHECKSUM_KEY as MTP_CHECKSUM_KEY
 from ..export.mtp_file import sidecar_tensors
 from ..export.gguf_deltanet import read_hparams as read_deltanet_hparams
 from ..export.gguf_deltanet import tensor_names as deltanet_tensor_names
+from .moe import check_moe_hparams, is_moe_layer, read_moe_layer
 
 QK = 256
 ARCHS = ("bitnet", "nanochat")
@@ -63,6 +64,10 @@ class HParams:
     dn_dk: int = 0
     dn_dv: int = 0
     dn_conv: int = 0
+    n_experts: int = 0  # MoE (infer/moe.py): 0 for a dense model
+    n_experts_used: int = 0
+    expert_ffn: int = 0
+    moe_interval: int = 1
 
 
 @dataclass
@@ -156,6 +161,11 @@ def _read_hparams(meta: _Meta) -> HParams:
         raise FormatError(f"{meta.path}: nanochat.mhc.n_streams = {hp.n_streams} must be 1, 2 or 4")
     if hp.n_mtp < 0 or hp.n_mtp > 64:
         raise FormatError(f"{meta.path}: nanochat.mtp.n_tokens = {hp.n_mtp} is out of range")
+    hp.n_experts = meta.get(f"{arch}.expert_count", int, 0, required=False)
+    if hp.n_experts:
+        hp.n_experts_used, hp.expert_ffn = a("expert_used_count"), a("expert_feed_forward_length")
+        hp.moe_interval = meta.get("nanochat.moe.layer_interval", int)
+    check_moe_hparams(meta.path, hp)
     if arch == "bitnet" and (hp.n_streams != 1 or (hp.n_mtp and not meta.get(MTP_CHECKSUM_KEY, str, "", required=False))):
         raise FormatError(f"{meta.path}: a 'bitnet' file cannot have mHC streams, or MTP heads other than in an .mtp sidecar")
     read_deltanet_hparams(meta, hp)
@@ -304,14 +314,15 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None, m
     names: list[tuple[str, tuple[int, int] | int]] = []
     floats: list[tuple[str, tuple[int, int]]] = []  # full-precision matrices (DeltaNet a, b, conv)
     for i in range(hp.n_layers):
-        if i in hp.dn_layers:  # a Gated DeltaNet mixer instead of attention
+        dense = not is_moe_layer(hp, i)  # an MoE layer's FFN tensors are read by read_moe_layer below
+        dn = i in hp.dn_layers  # a Gated DeltaNet mixer instead of attention
+        if dn:
             n, f = deltanet_tensor_names(hp, i)
             names, floats = names + n, floats + f
-            names += [(f"blk.{i}.{s}.weight", hp.ffn if s == "ffn_sub_norm" else hp.dim) for s in _BLOCK_NORMS if s != "attn_sub_norm"]
-            names += [(f"blk.{i}.{s}.weight", shapes[s]) for s in _BLOCK_PROJ if s.startswith("ffn")]
-            continue
-        names += [(f"blk.{i}.{s}.weight", hp.ffn if s == "ffn_sub_norm" else hp.dim) for s in _BLOCK_NORMS]
-        names += [(f"blk.{i}.{s}.weight", shapes[s]) for s in _BLOCK_PROJ]
+        names += [(f"blk.{i}.{s}.weight", hp.ffn if s == "ffn_sub_norm" else hp.dim) for s in _BLOCK_NORMS
+                  if (dense or s != "ffn_sub_norm") and not (dn and s == "attn_sub_norm")]
+        names += [(f"blk.{i}.{s}.weight", shapes[s]) for s in _BLOCK_PROJ
+                  if (dense or not s.startswith("ffn_")) and (not dn or s.startswith("ffn_"))]
     for k in range(hp.n_mtp):
         names += [(f"mtp.{k}.norm_in.weight", hp.dim), (f"mtp.{k}.proj.weight", (hp.dim, hp.dim)), (f"mtp.{k}.norm_out.weight", hp.dim)]
     for name, shape in names:
@@ -322,6 +333,9 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None, m
             model.projections[name] = _projection(path, t, shape[0], shape[1], hp)
     for name, shape in floats:
         model.norms[name] = _float_tensor(path, need(name), shape, False)
+    for i in range(hp.n_layers):
+        if is_moe_layer(hp, i):
+            read_moe_layer(path, need, i, hp, model, _projection, _float_tensor)
     model.mhc, model.mhc_path = _read_mhc(path, hp, mhc_path)
     model.file_bytes = path.stat().st_size
     return model

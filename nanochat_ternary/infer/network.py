@@ -25,6 +25,7 @@ from ..model.mhc import permutation_matrices, res_matrix
 from .deltanet_mixer import DeltaNetMixer
 from .gguf_model import GGUFModel, Projection
 from .kernels import dense_matmul, gather_dot, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, ternary_matmul
+from .moe import MoEFFN, is_moe_layer
 
 # attention(layer, qkv [N, (H + 2 kv) * hd] before RoPE) -> [N, H * hd] (RoPE, cache, attention)
 Attend = Callable[[int, torch.Tensor], torch.Tensor]
@@ -87,6 +88,7 @@ class Layer:
     h_res: torch.Tensor | None = None  # [n, n]
     h_post: torch.Tensor | None = None  # [n, 1]
     mixer: DeltaNetMixer | None = None  # a Gated DeltaNet layer (qkv, o, attn_sub_norm are None)
+    moe: MoEFFN | None = None  # an MoE layer's FFN (gate_up, down and ffn_sub_norm are then None)
 
 
 @dataclass
@@ -120,11 +122,12 @@ class Network:
         for i in range(hp.n_layers):
             b = f"blk.{i}."
             dn = i in hp.dn_layers
+            moe = MoEFFN(gm, i, lin) if is_moe_layer(hp, i) else None  # its experts replace gate_up/down
             layer = Layer(
                 gm.norms[b + "attn_norm.weight"], None if dn else gm.norms[b + "attn_sub_norm.weight"], gm.norms[b + "ffn_norm.weight"],
-                gm.norms[b + "ffn_sub_norm.weight"], None if dn else lin([b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]),
-                None if dn else lin([b + "attn_output.weight"]), lin([b + "ffn_gate.weight", b + "ffn_up.weight"]), lin([b + "ffn_down.weight"]),
-                mixer=DeltaNetMixer(gm, i, lin) if dn else None,
+                gm.norms.get(b + "ffn_sub_norm.weight"), None if dn else lin([b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]),
+                None if dn else lin([b + "attn_output.weight"]), None if moe else lin([b + "ffn_gate.weight", b + "ffn_up.weight"]),
+                None if moe else lin([b + "ffn_down.weight"]), mixer=DeltaNetMixer(gm, i, lin) if dn else None, moe=moe,
             )
             if perms is not None:  # mHC: H_pre = softmax, H_res = sum_k w_k P_k, H_post = 2 sigmoid
                 m = gm.mhc
@@ -138,6 +141,7 @@ class Network:
     def weight_bytes(self) -> dict:
         """In-memory bytes of the projection weights and of the embedding/head."""
         proj = sum(lin.nbytes() for L in self.layers for lin in (L.qkv, L.o, L.gate_up, L.down, L.mixer) if lin is not None)
+        proj += sum(L.moe.nbytes() for L in self.layers if L.moe is not None)
         proj += sum(h.proj.nbytes() for h in self.mtp)
         return {"projections": proj, "embedding": self.embed_table.numel() * self.embed_table.element_size()}
 
@@ -151,6 +155,8 @@ class Network:
         return L.o(y, L.attn_sub_norm, self.eps)
 
     def _ffn(self, L: Layer, x: torch.Tensor) -> torch.Tensor:
+        if L.moe is not None:
+            return L.moe(x, L.ffn_norm, self.eps)
         return L.down(L.gate_up(x, L.ffn_norm, self.eps), L.ffn_sub_norm, self.eps, glu=True)
 
     def trunk(self, ids: torch.Tensor, attend: Attend, recur=None) -> torch.Tensor:

@@ -13,6 +13,7 @@ State-dict names (the export contract):
       .A_log [H], .dt_bias [H], .o_norm.weight [hd]   (instead, on Gated DeltaNet layers: deltanet.py)
   blocks.{i}.ffn_norm.weight        [D]
   blocks.{i}.ffn.{gate,up,down}_proj.weight, blocks.{i}.ffn.sub_norm.weight [F]
+    (MoE layers instead: blocks.{i}.ffn.router.weight [E, D], blocks.{i}.ffn.experts.{e}.*; moe.py)
   blocks.{i}.mhc.{res,pre,post}_logits   (only when mhc_n_streams > 1)
   norm.weight                       [D]
   mtp.{k}.norm_in.weight, mtp.{k}.proj.weight [D, D], mtp.{k}.norm_out.weight  (when use_mtp)
@@ -30,8 +31,8 @@ from ..config import ModelConfig
 from .attention import Attention
 from .bitlinear import make_linear
 from .deltanet import GatedDeltaNet, deltanet_layers
-from .ffn import SwiGLU
 from .mhc import MHC, composite_gain
+from .moe import is_moe_layer, make_ffn, moe_param_counts
 from .rope import rope_tables
 
 
@@ -42,7 +43,7 @@ class Block(nn.Module):
         # the token mixer: full attention, or a Gated DeltaNet on the layers deltanet_layers picks
         self.attn = GatedDeltaNet(cfg) if layer_idx in deltanet_layers(cfg.num_layers, cfg.deltanet_ratio) else Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
-        self.ffn = SwiGLU(cfg)
+        self.ffn = make_ffn(cfg, layer_idx)  # dense SwiGLU or an MoE (moe.py)
         self.mhc = MHC(cfg.mhc_n_streams, layer_idx) if cfg.mhc_n_streams > 1 else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,8 @@ class GPT(nn.Module):
 
 
 def count_params(model: GPT) -> dict:
-    """Parameter counts: total (all), embedding (tied, counted once), MTP heads, non-embedding trunk."""
+    """Parameter counts: total (all), embedding (tied, counted once), MTP heads, non-embedding trunk,
+    and `active`: the parameters one token uses (total minus the E - k unchosen experts of MoE layers)."""
     total = sum(p.numel() for p in model.parameters())
     embedding = model.embed.weight.numel()
     mtp = sum(p.numel() for p in model.mtp.parameters())
@@ -156,6 +158,7 @@ def count_params(model: GPT) -> dict:
         "embedding": embedding,
         "mtp": mtp,
         "linear_weights": ternary,
+        "active": total - moe_param_counts(model)["inactive"],
     }
 
 
@@ -164,5 +167,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     d, f, L = cfg.hidden_dim, cfg.ffn_hidden, cfg.num_layers
     kv = cfg.num_kv_heads * cfg.head_dim
     per_layer = 2 * d * d + 2 * d * kv + 3 * d * f
-    n_matmul = L * per_layer + cfg.vocab_size * d + (cfg.mtp_n_tokens * (d * d + cfg.vocab_size * d) if cfg.use_mtp else 0)
+    n_moe = sum(is_moe_layer(cfg, i) for i in range(L))
+    moe_ffn = cfg.num_active_experts * 3 * d * cfg.expert_ffn_hidden + d * cfg.num_experts  # active experts + router
+    n_matmul = L * per_layer + n_moe * (moe_ffn - 3 * d * f) + cfg.vocab_size * d + (cfg.mtp_n_tokens * (d * d + cfg.vocab_size * d) if cfg.use_mtp else 0)
     return 6 * n_matmul + 12 * L * d * seq_len

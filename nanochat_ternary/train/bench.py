@@ -1,4 +1,5 @@
-"""`nanochat bench train`: training-step cost of BitLinear vs dense and of mHC n = 1, 2, 4.
+"""`nanochat bench train`: training-step cost of BitLinear vs dense and of mHC n = 1, 2, 4
+(with `--moe`: of an 8x2 MoE vs the dense model with the same active parameters, bench_moe.py).
 
 All variants are built up front and timed in interleaved rounds (A B C D, A B C D, ...), and the
 median step time of each is reported, so a noisy shared machine affects them alike; ratios are
@@ -22,6 +23,7 @@ import torch
 from ..config import Config
 from ..device import autocast, resolve_device, setup_device
 from ..model.gpt import GPT, count_params
+from .bench_moe import moe_pair, moe_ratios
 from .loss import compute_loss
 from .optim import build_optimizers
 
@@ -104,13 +106,14 @@ def cpu_peak_memory_mb(model_cfg, training_cfg, B: int, T: int) -> float:
 
 
 def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, device: str | None = None,
-                batch_size: int | None = None, seq_length: int | None = None) -> dict:
+                batch_size: int | None = None, seq_length: int | None = None, moe: bool = False) -> dict:
+    """`moe`: time the 8x2 MoE vs the dense model with the same active parameters (bench_moe.py)."""
     dev = resolve_device(device or cfg.hardware.device)
     setup_device(dev, cfg.hardware.num_threads)
     B = batch_size or cfg.training.batch_size
     T = seq_length or cfg.training.seq_length
     runs = {}
-    for name, overrides in VARIANTS.items():
+    for name, overrides in (moe_pair(cfg.model) if moe else VARIANTS).items():
         mcfg = copy.deepcopy(cfg.model)
         for k, v in overrides.items():
             setattr(mcfg, k, v)
@@ -119,7 +122,8 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
         model.to(dev).train()
         opts = build_optimizers(model, cfg.training)
         tokens = torch.randint(0, mcfg.vocab_size, (B, T + 1), generator=torch.Generator().manual_seed(0)).to(dev)
-        runs[name] = {"model": model, "opts": opts, "tokens": tokens, "times": [], "params": count_params(model)["total"]}
+        counts = count_params(model)
+        runs[name] = {"model": model, "opts": opts, "tokens": tokens, "times": [], "params": counts["total"], "active": counts["active"]}
 
     def step(run) -> None:
         with autocast(dev, cfg.hardware.dtype):
@@ -149,10 +153,13 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
            "config": cfg.source, "variants": {}}
     for name, run in runs.items():
         st = statistics.median(run["times"])
-        out["variants"][name] = {"params": run["params"], "step_time_s": round(st, 5),
+        out["variants"][name] = {"params": run["params"], "active_params": run["active"], "step_time_s": round(st, 5),
                                  "tokens_per_sec": round(B * T / st, 1), "steps_per_min": round(60 / st, 1),
                                  "peak_memory_mb": round(run["peak_mb"], 1)}
     v = out["variants"]
+    if moe:
+        out["ratios"] = moe_ratios(v)
+        return out
     base = v["bitlinear_n1"]["step_time_s"]
     out["ratios"] = {
         "bitlinear_vs_dense": round(base / v["dense_n1"]["step_time_s"], 3),

@@ -1,4 +1,4 @@
-"""CLI: `nanochat params`, `nanochat train`, `nanochat sample`, `nanochat bench train`."""
+"""CLI: `nanochat params`, `nanochat train`, `nanochat sample`, `nanochat bench train` (`--moe`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def cmd_params(args) -> int:
         print(json.dumps(counts))
     else:
         print(f"{args.config}")
-        for key in ("total", "non_embedding", "embedding", "mtp", "linear_weights"):
+        for key in ("total", "active", "non_embedding", "embedding", "mtp", "linear_weights"):
             print(f"  {key:<16} {counts[key]:>15,}  ({counts[key] / 1e6:,.1f}M)")
         print(f"  {'train FLOPs/token':<16} {counts['flops_per_token']:>15,.0f}")
     return 0
@@ -71,7 +71,7 @@ def cmd_bench_train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     out = bench_train(cfg, steps=args.steps, rounds=args.rounds, device=None if args.device == "auto" else args.device,
-                      batch_size=args.batch_size, seq_length=args.seq_length)
+                      batch_size=args.batch_size, seq_length=args.seq_length, moe=args.moe)
     text = json.dumps(out, indent=2)
     print(text)
     if args.output:
@@ -115,4 +115,5 @@ def register(sub, bench) -> None:
     p.add_argument("--seq-length", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--output", default=None, help="also write the JSON here")
+    p.add_argument("--moe", action="store_true", help="compare an 8x2 MoE with the dense model of the same active parameters instead")
     p.set_defaults(func=cmd_bench_train)

@@ -1,11 +1,12 @@
-"""The training objective: cross-entropy, an entropy (confidence) term, and the MTP loss.
+"""The training objective: cross-entropy, an entropy (confidence) term, the MTP and MoE losses.
 
-    loss = CE - entropy_weight * H(p) + mtp_weight * mean_k CE_k
+    loss = CE - entropy_weight * H(p) + mtp_weight * mean_k CE_k + moe_aux
 
 H(p) is the mean predictive entropy of the next-token distribution; subtracting it penalises
 over-confident predictions (Pereyra et al., 2017, https://arxiv.org/abs/1701.06548). CE_k is the
 cross-entropy of MTP head k predicting token t + 1 + k (Gloeckle et al., 2024,
-https://arxiv.org/abs/2404.19737). Every term is returned on its own for logging.
+https://arxiv.org/abs/2404.19737). moe_aux is the MoE layers' load-balancing (+ z) loss, already
+weighted by the model's config (model/moe.py). Every term is returned on its own for logging.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..model.gpt import GPT
+from ..model.moe import moe_aux_loss
 from .chunked_head import head_sums
 
 
@@ -43,5 +45,9 @@ def compute_loss(model: GPT, tokens: torch.Tensor, entropy_weight: float = 0.0, 
             mtp = torch.stack(mtp_losses).mean()
             loss = loss + mtp_weight * mtp
             parts["mtp"] = mtp.detach()
+    aux = moe_aux_loss(model)  # of the forward above
+    if aux is not None:
+        loss = loss + aux
+        parts["moe_aux"] = aux.detach()
     parts["total"] = loss.detach()
     return loss, parts

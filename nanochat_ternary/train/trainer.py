@@ -22,6 +22,7 @@ from ..data.tokenizer import EOS_ID
 from ..device import autocast, resolve_device, setup_device
 from ..errors import NanochatError
 from ..model.gpt import GPT, count_params
+from ..model.moe import moe_stats
 from .checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from .data_source import resolve_data
 from .loss import compute_loss
@@ -161,7 +162,7 @@ def train(
                 lr = optimizers[0].param_groups[0]["lr"]
                 logger.log(done, {f"loss/{k}": float(v) for k, v in parts.items()} | {
                     "lr": lr, "grad_norm": grad_norm, "throughput/tokens_per_sec": tps,
-                    "mhc/composite_gain": model.mhc_composite_gain(), "train/skipped_steps": bad_total})
+                    "mhc/composite_gain": model.mhc_composite_gain(), "train/skipped_steps": bad_total} | moe_stats(model))
                 if not quiet:
                     eta = (t.total_steps - done) * (now - t0) / max(done - start_step, 1)
                     print(f"step {done:>6}/{t.total_steps} | loss {loss_value:.4f} | ce {float(parts['ce']):.4f} | "
