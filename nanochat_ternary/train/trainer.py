@@ -204,6 +204,8 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
                 result.checkpoint = checkpoint(done)
         if (result.steps > start_step or ckpt is None) and bad_in_a_row == 0:
             result.checkpoint = checkpoint(result.steps)
+        elif ckpt is not None and result.steps == start_step:  # resumed a finished run: its checkpoint stands
+            result.checkpoint = ckpt.path
     finally:
         loader.close()
         logger.close()
