@@ -2,7 +2,7 @@
 
 Why this module exists: the GGUF is the hand-off between training and everything downstream
 (our inference engine, the server, and llama.cpp). The file layout is the contract in
-/work/shared/DESIGN.md section 4 and the export brief:
+ARCHITECTURE.md section 2:
 
 - `general.architecture` is llama.cpp's "bitnet" when the model has one residual stream and no
   MTP heads are written (llama.cpp can load and run it); otherwise "nanochat", with the same
