@@ -26,7 +26,7 @@ _log() { echo "[$(date +%H:%M:%S)] $*"; }
 
 _setup_venv() {
   if [ ! -x "$PY" ]; then
-    _log "creating $VENV (pinned CPU torch; see README for a CUDA build)"
+    _log "creating $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet -e .
