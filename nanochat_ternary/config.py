@@ -72,7 +72,8 @@ class ModelConfig:
 @dataclass
 class TrainingConfig:
     total_steps: int = 1000
-    batch_size: int = 8
+    batch_size: int = 8  # global batch of one optimizer step: ranks x micro_batch_size x accumulation steps
+    micro_batch_size: int = 0  # rows per forward on each rank; 0: the rank's whole share (no accumulation)
     seq_length: int = 256
     learning_rate: float = 0.02
     warmup_steps: int = 100
@@ -97,6 +98,7 @@ class TrainingConfig:
     checkpoint_interval: int = 1000
     log_interval: int = 10
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
+    max_hours: float = 0.0  # wall-clock budget: the schedule decays in time, the run stops at it (0: off)
     seed: int = 1337
 
 
@@ -234,6 +236,10 @@ def validate(cfg: Config) -> None:
             raise bad(f"training.{key}", "must be positive")
     if t.seq_length > m.max_seq_len:
         raise bad("training.seq_length", f"({t.seq_length}) exceeds model.max_seq_len ({m.max_seq_len})")
+    if t.micro_batch_size < 0 or (t.micro_batch_size and t.batch_size % t.micro_batch_size):
+        raise bad("training.micro_batch_size", f"({t.micro_batch_size}) must be 0 or divide training.batch_size ({t.batch_size})")
+    if t.max_hours < 0:
+        raise bad("training.max_hours", "must not be negative (0 turns the budget off)")
     if t.learning_rate <= 0:
         raise bad("training.learning_rate", "must be positive")
     if t.muon_ns_steps < 1:

@@ -44,10 +44,22 @@ def test_deterministic_and_rank_dependent(shard_dir):
     a = _take(TokenLoader(shard_dir, 2, 8, seed=3), 5)
     b = _take(TokenLoader(shard_dir, 2, 8, seed=3), 5)
     c = _take(TokenLoader(shard_dir, 2, 8, seed=4), 5)
-    r1 = _take(TokenLoader(shard_dir, 2, 8, seed=3, rank=1, world_size=2), 5)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
-    assert not all(torch.equal(x, y) for x, y in zip(a, r1))
+
+
+@pytest.mark.parametrize("align", [None, 0])
+def test_ranks_read_slices_of_the_same_global_batch(shard_dir, align):
+    # global batch k is the same windows for 1, 2 or 4 ranks; rank r reads its own rows of it
+    whole = _take(TokenLoader(shard_dir, 4, 8, seed=3, align_token=align), 5)
+    for world in (2, 4):
+        parts = [_take(TokenLoader(shard_dir, 4, 8, seed=3, rank=r, world_size=world, align_token=align), 5)
+                 for r in range(world)]
+        for k in range(5):
+            assert all(p[k].shape == (4 // world, 9) for p in parts)
+            assert torch.equal(torch.cat([p[k] for p in parts]), whole[k])
+    with pytest.raises(ConfigError, match="divisible by world_size"):
+        TokenLoader(shard_dir, 3, 8, rank=0, world_size=2)
 
 
 def test_workers_give_identical_sequence_and_close_cleanly(shard_dir):

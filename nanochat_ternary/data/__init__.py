@@ -1,1 +1,1 @@
-"""data stage of the pipeline (see DESIGN.md section 1)."""
+"""data stage of the pipeline (see ARCHITECTURE.md section 1)."""

@@ -1,12 +1,14 @@
 """Training batches from token shards: random windows, resumable, optionally prefetched.
 
 Why this module exists: the trainer needs `[batch_size, seq_len + 1]` token windows fast and
-reproducibly. Batch k is a pure function of (seed, k, rank): its window starts are drawn from
-`np.random.default_rng([seed, k, rank])`. Hence
+reproducibly. Global batch k is a pure function of (seed, k): its `batch_size` window starts
+are drawn from `np.random.default_rng([seed, k, 0])`, and with `world_size` ranks rank r reads
+only rows [r * b, (r + 1) * b) of it, b = batch_size / world_size. Hence
 - resume is exact: the loader's whole state is the number of batches handed out;
 - background worker threads may build batches in any order; the consumer still receives them
   in order 0, 1, 2, ... and the sequence is identical to `num_workers=0`;
-- DDP ranks draw different windows without coordinating.
+- data-parallel ranks read disjoint slices of the same global batch without coordinating, and
+  1, 2 or 8 ranks see the same windows, so a run can resume on a different number of ranks.
 Inputs are `batch[:, :-1]`, targets `batch[:, 1:]`.
 
 Windows start anywhere, or, with `align_token` (the token that opens every document: prepare.py
@@ -66,6 +68,8 @@ class TokenLoader:
                 raise ConfigError(f"TokenLoader: {name} must be an integer >= {low}, got {value!r}")
         if rank >= world_size:
             raise ConfigError(f"TokenLoader: rank {rank} must be < world_size {world_size}")
+        if batch_size % world_size:
+            raise ConfigError(f"TokenLoader: the global batch_size {batch_size} must be divisible by world_size {world_size}")
         self.reader = ShardReader(shard_dir)
         if self.reader.total_tokens < seq_len + 1:
             raise DataError(f"{shard_dir}: {self.reader.total_tokens} tokens is shorter than seq_len + 1 = {seq_len + 1}")
@@ -86,13 +90,15 @@ class TokenLoader:
 
     # ---- batch construction ---------------------------------------------------------------
     def build_batch(self, k: int) -> torch.Tensor:
-        """Batch number k (pure function of seed, k, rank)."""
-        rng = np.random.default_rng([self.seed, k, self.rank])
+        """This rank's rows of global batch number k (pure function of seed, k, rank, world_size)."""
+        rng = np.random.default_rng([self.seed, k, 0])  # the 0 keeps the windows of earlier 1-rank runs
         span = self.seq_len + 1
         if self.window_starts is None:
             starts = rng.integers(0, self.reader.total_tokens - span + 1, size=self.batch_size)
         else:
             starts = self.window_starts[rng.integers(0, len(self.window_starts), size=self.batch_size)]
+        per_rank = self.batch_size // self.world_size
+        starts = starts[self.rank * per_rank: (self.rank + 1) * per_rank]
         rows = np.stack([self.reader.get(int(s), span) for s in starts]).astype(np.int64)
         return torch.from_numpy(rows)
 
@@ -116,7 +122,7 @@ class TokenLoader:
                     self._cond.notify_all()
 
     def next_batch(self) -> torch.Tensor:
-        """The next `[batch_size, seq_len + 1]` int64 batch."""
+        """This rank's rows of the next global batch: `[batch_size / world_size, seq_len + 1]` int64."""
         if self._closed:
             raise DataError("TokenLoader: next_batch() after close()")
         if not self._threads:
@@ -148,8 +154,8 @@ class TokenLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue from a `state_dict()`; the next batch is the one that followed it.
 
-        Only the seed and the batch count are restored; this loader keeps its own rank, so a
-        state saved by rank 0 resumes every rank.
+        Only the seed and the batch count are restored; this loader keeps its own rank and
+        world size, so a state saved by rank 0 resumes every rank, on any number of ranks.
         """
         try:
             if state["version"] != STATE_VERSION:

@@ -2,7 +2,7 @@
 
 Why this module exists: the GGUF is the hand-off between training and everything downstream
 (our inference engine, the server, and llama.cpp). The file layout is the contract in
-/work/shared/DESIGN.md section 4 and the export brief:
+ARCHITECTURE.md section 2:
 
 - `general.architecture` is llama.cpp's "bitnet" when the model has one residual stream
   (llama.cpp can load and run it; its MTP heads, if any, go to the `.mtp` sidecar, see

@@ -1,1 +1,1 @@
-"""model stage of the pipeline (see DESIGN.md section 1)."""
+"""model stage of the pipeline (see ARCHITECTURE.md section 1)."""

@@ -1,1 +1,1 @@
-"""serve stage of the pipeline (see DESIGN.md section 1)."""
+"""serve stage of the pipeline (see ARCHITECTURE.md section 1)."""

@@ -1,6 +1,6 @@
 """Checkpoints: atomic save, exact resume.
 
-Layout (DESIGN.md section 3):
+Layout (ARCHITECTURE.md section 2):
 
     <run_dir>/checkpoints/step_<N>/model.safetensors   model.state_dict()
                                    optimizer.pt        list of optimizer state_dicts (torch.save)

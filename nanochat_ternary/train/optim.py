@@ -3,7 +3,7 @@
 Muon's orthogonalised update only makes sense for the hidden weight matrices (the projections
 of attention and FFN, BitLinear's latent weights). Everything else, the embedding (tied with the
 LM head), the norms, the mHC logits, biases and gates, goes to Lion at `lion_lr_mult` times the
-learning rate (DESIGN.md section 3); parameters marked `_no_weight_decay` get no weight decay.
+learning rate (ARCHITECTURE.md); parameters marked `_no_weight_decay` get no weight decay.
 Every param group records its base learning rate as `initial_lr`, so the training loop scales
 all groups with one schedule multiplier (`set_lr`).
 """

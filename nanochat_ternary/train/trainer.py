@@ -19,17 +19,20 @@ import torch
 from ..config import Config, config_from_dict, require_supported
 from ..data.loader import TokenLoader
 from ..data.tokenizer import EOS_ID
-from ..device import autocast, resolve_device, setup_device
+from ..device import resolve_device, setup_device
 from ..errors import NanochatError
 from ..model.gpt import GPT, count_params
 from ..model.moe import moe_stats
+from .accumulate import forward_backward
 from .checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from .data_source import resolve_data
+from .distributed import accumulation_steps, barrier, init_distributed, max_over_ranks, shutdown_distributed
 from .loss import compute_loss
 from .optim import build_optimizers, set_lr
 from .rng import rng_state, set_rng_state
 from .schedule import lr_multiplier
 from .tb_logger import TrainLogger
+from .time_budget import out_of_time, schedule_step
 
 
 class TrainingDiverged(NanochatError):
@@ -72,15 +75,29 @@ def train(
     if steps is not None:
         cfg.training.total_steps = steps
     require_supported(cfg)
-    m, t = cfg.model, cfg.training
     dev = resolve_device(device or cfg.hardware.device)
+    dist_info, dev = init_distributed(dev)  # torchrun: one rank of a data-parallel run (distributed.py)
+    try:
+        return _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet or not dist_info.is_main)
+    finally:
+        shutdown_distributed(dist_info)
+
+
+def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) -> TrainResult:
+    m, t = cfg.model, cfg.training
+    micro_batch, accum = accumulation_steps(t.batch_size, t.micro_batch_size, dist_info.world_size)
     setup_device(dev, cfg.hardware.num_threads)
     torch.manual_seed(t.seed)
 
-    data_dir = Path(ckpt.meta["data_dir"]) if ckpt else resolve_data(data, m.vocab_size, t.seed, quiet=quiet)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "tokenizer.json").exists():
-        shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
+    data_dir = Path(ckpt.meta["data_dir"]) if ckpt else None
+    for turn in ("main", "others"):  # rank 0 prepares the data first; the others then find it cached
+        if data_dir is None and (turn == "main") == dist_info.is_main:
+            data_dir = resolve_data(data, m.vocab_size, t.seed, quiet=quiet)
+        barrier(dist_info)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "tokenizer.json").exists():
+            shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
 
     model = GPT(m)
     model.init_weights(t.seed)
@@ -91,9 +108,9 @@ def train(
         data_dir / "train", t.batch_size, t.seq_length, seed=t.seed,
         num_workers=t.num_workers if t.use_async_loader else 0,
         prefetch_batches=t.prefetch_batches if t.use_async_loader else 0,
-        align_token=EOS_ID if t.align_windows else None,
+        align_token=EOS_ID if t.align_windows else None, rank=dist_info.rank, world_size=dist_info.world_size,
     )
-    start_step, bad_total = 0, 0
+    start_step, bad_total, seconds_before = 0, 0, 0.0
     if ckpt:
         model.load_state_dict(ckpt.model_state)
         for opt, state in zip(optimizers, ckpt.optim_states or []):
@@ -101,39 +118,54 @@ def train(
         loader.load_state_dict(ckpt.meta["data"])
         start_step = int(ckpt.meta["step"])
         bad_total = int(ckpt.meta.get("skipped_steps", 0))
+        seconds_before = float(ckpt.meta.get("train_seconds", 0.0))
         set_rng_state(ckpt.meta["rng"])
     if not quiet:
         counts = count_params(model)
         print(f"model: {counts['total'] / 1e6:.2f}M params ({counts['non_embedding'] / 1e6:.2f}M non-embedding), "
               f"device {dev}, run dir {run_dir}" + (f", resuming at step {start_step}" if ckpt else ""), flush=True)
+        if dist_info.enabled or accum > 1:
+            print(f"batch: {t.batch_size} = {dist_info.world_size} ranks x {micro_batch} rows x {accum} accumulation steps", flush=True)
 
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    logger = TrainLogger(run_dir, enabled=True)
+    if dist_info.is_main:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    logger = TrainLogger(run_dir, enabled=dist_info.is_main)
     params = [p for p in model.parameters() if p.requires_grad]
     tokens_per_step = t.batch_size * t.seq_length
     result = TrainResult(run_dir=run_dir, steps=start_step, skipped_steps=bad_total)
     bad_in_a_row = 0
     t0 = time.perf_counter()
     last_log_time, last_log_step = t0, start_step
+    budget_s = t.max_hours * 3600.0
 
     def checkpoint(step: int) -> Path:
         meta = {"config": cfg.to_dict(), "step": step, "data": loader.state_dict(), "rng": rng_state(),
-                "data_dir": str(data_dir.resolve()), "skipped_steps": bad_total, "tokens_seen": step * tokens_per_step}
-        path = save_checkpoint(run_dir, step, model, optimizers, meta)
-        prune_checkpoints(run_dir, keep_checkpoints)
+                "data_dir": str(data_dir.resolve()), "skipped_steps": bad_total, "tokens_seen": step * tokens_per_step,
+                "train_seconds": seconds_before + time.perf_counter() - t0}
+        path = run_dir / "checkpoints" / f"step_{step}"
+        if dist_info.is_main:  # rank 0 writes; the others wait until it is complete
+            path = save_checkpoint(run_dir, step, model, optimizers, meta)
+            prune_checkpoints(run_dir, keep_checkpoints)
+        barrier(dist_info)
         return path
 
     try:
         model.train()
         for step in range(start_step, t.total_steps):
-            set_lr(optimizers, lr_multiplier(step, t.total_steps, t.warmup_steps, t.schedule_type, t.stable_ratio, t.min_lr_ratio))
-            tokens = loader.next_batch().to(dev, non_blocking=True)
-            with autocast(dev, cfg.hardware.dtype):
-                loss, parts = compute_loss(model, tokens, t.entropy_weight, t.mtp_weight if m.use_mtp else 0.0)
-            ok = bool(torch.isfinite(loss))
+            elapsed = seconds_before + time.perf_counter() - t0
+            if budget_s:  # every rank takes the same decision, on the slowest rank's clock
+                elapsed = max_over_ranks(elapsed, dist_info, dev)
+                if out_of_time(elapsed, budget_s):
+                    if not quiet:
+                        print(f"time budget of {t.max_hours:g} h reached at step {step}; stopping", flush=True)
+                    break
+            sched_step = schedule_step(step, elapsed, budget_s, t.total_steps, t.warmup_steps)
+            set_lr(optimizers, lr_multiplier(sched_step, t.total_steps, t.warmup_steps, t.schedule_type, t.stable_ratio, t.min_lr_ratio))
+            parts, ok = forward_backward(model, loader.next_batch(), micro_batch, compute_loss,
+                                         (t.entropy_weight, t.mtp_weight if m.use_mtp else 0.0),
+                                         dev, cfg.hardware.dtype, params, dist_info)
             grad_norm = float("nan")
             if ok:
-                loss.backward()
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.grad_clip))
                 ok = math.isfinite(grad_norm)
             if ok:
@@ -165,12 +197,16 @@ def train(
                     "mhc/composite_gain": model.mhc_composite_gain(), "train/skipped_steps": bad_total} | moe_stats(model))
                 if not quiet:
                     eta = (t.total_steps - done) * (now - t0) / max(done - start_step, 1)
+                    if budget_s:
+                        eta = min(eta, budget_s - (seconds_before + now - t0))
                     print(f"step {done:>6}/{t.total_steps} | loss {loss_value:.4f} | ce {float(parts['ce']):.4f} | "
                           f"lr {lr:.2e} | gnorm {grad_norm:.3f} | {tps:,.0f} tok/s | ETA {_format_eta(eta)}", flush=True)
             if done % t.checkpoint_interval == 0 and done != t.total_steps and bad_in_a_row == 0:
                 result.checkpoint = checkpoint(done)
         if (result.steps > start_step or ckpt is None) and bad_in_a_row == 0:
             result.checkpoint = checkpoint(result.steps)
+        elif ckpt is not None and result.steps == start_step:  # resumed a finished run: its checkpoint stands
+            result.checkpoint = ckpt.path
     finally:
         loader.close()
         logger.close()

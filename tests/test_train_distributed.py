@@ -1,0 +1,99 @@
+"""Data-parallel training under torchrun (gloo on CPU): 2 ranks train what 1 process trains.
+
+Real processes: `python -m torch.distributed.run --standalone --nproc_per_node 2 -m
+nanochat_ternary.cli train ...`, against an in-process 1-rank run of the same config.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from nanochat_ternary.config import load_config
+from nanochat_ternary.errors import ConfigError
+from nanochat_ternary.train.distributed import accumulation_steps
+from nanochat_ternary.train.trainer import train
+
+# The conftest tiny config, global batch 4, one thread per process (2 ranks on 2 cores).
+OVERRIDES = [
+    "model.vocab_size=512", "model.num_layers=1", "model.max_seq_len=64", "model.mtp_n_tokens=1",
+    "training.batch_size=4", "training.seq_length=32", "training.total_steps=4", "training.warmup_steps=2",
+    "training.log_interval=1", "training.checkpoint_interval=2", "training.num_workers=1",
+    "hardware.device=cpu", "hardware.num_threads=1",
+]
+# 1 rank and 2 ranks sum the same per-token terms in a different order (per-rank means, then the
+# mean over ranks), so they agree to float32 rounding (~1e-7 relative) at the first step; four
+# Muon steps amplify that a little. 1e-5 relative is far below any real difference (a wrong
+# rank slice or a missing average moves the loss by > 1e-2).
+RTOL = 1e-5
+
+
+def _torchrun(run_dir, dataset, *extra, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "nanochat_ternary.cli", "train", "--config", "configs/models/tiny.toml",
+           "--data", str(dataset), "--run-dir", str(run_dir), *extra]
+    for item in OVERRIDES:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def _logged_losses(run_dir) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"] - 1: row["loss/total"] for row in lines}
+
+
+def _close(a: dict, b: dict, steps) -> None:
+    for s in steps:
+        assert abs(a[s] - b[s]) <= RTOL * abs(a[s]), (s, a[s], b[s])
+
+
+def _copy_run_at(src, dst, step):
+    (dst / "checkpoints").mkdir(parents=True)
+    shutil.copytree(src / f"checkpoints/step_{step}", dst / f"checkpoints/step_{step}")
+    (dst / "checkpoints/latest").write_text(f"step_{step}")
+    shutil.copy(src / "tokenizer.json", dst / "tokenizer.json")
+
+
+def test_two_ranks_match_one_process_and_resume_across_rank_counts(tmp_path, tiny_dataset):
+    cfg = load_config("configs/models/tiny.toml", OVERRIDES)
+    one = train(cfg, data=str(tiny_dataset), run_dir=tmp_path / "one", quiet=True)
+    assert sorted(one.losses) == [0, 1, 2, 3]
+
+    # 2 ranks x 1 row x 2 accumulation steps = the same global batch of 4
+    out = _torchrun(tmp_path / "two", tiny_dataset, "--set", "training.micro_batch_size=1")
+    assert "batch: 4 = 2 ranks x 1 rows x 2 accumulation steps" in out.stdout
+    two = _logged_losses(tmp_path / "two")
+    _close(one.losses, two, range(4))
+    assert one.losses[3] != one.losses[0]  # the steps really trained
+    # rank 0 alone wrote the run's files: one metrics line per step, one set of checkpoints
+    assert len((tmp_path / "two/metrics.jsonl").read_text().splitlines()) == 4
+    assert sorted(p.name for p in (tmp_path / "two/checkpoints").iterdir()) == ["latest", "step_2", "step_4"]
+
+    # the 2-rank checkpoint at step 2 resumes in 1 process ...
+    _copy_run_at(tmp_path / "two", tmp_path / "two_then_one", 2)
+    resumed = train(cfg, run_dir=tmp_path / "two_then_one", resume=True, quiet=True)
+    assert sorted(resumed.losses) == [2, 3]
+    _close(one.losses, resumed.losses, [2, 3])
+
+    # ... and the 1-process checkpoint at step 2 resumes on 2 ranks
+    _copy_run_at(tmp_path / "one", tmp_path / "one_then_two", 2)
+    _torchrun(tmp_path / "one_then_two", tiny_dataset, "--resume")
+    _close(one.losses, _logged_losses(tmp_path / "one_then_two"), [2, 3])
+
+
+def test_batch_must_split_into_ranks_and_micro_batches():
+    assert accumulation_steps(8, 0, 2) == (4, 1)
+    assert accumulation_steps(8, 2, 2) == (2, 2)
+    assert accumulation_steps(8, 1, 1) == (1, 8)
+    with pytest.raises(ConfigError, match="divisible by the number of ranks"):
+        accumulation_steps(6, 0, 4)
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        accumulation_steps(8, 3, 2)
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        load_config("configs/models/tiny.toml", ["training.batch_size=4", "training.micro_batch_size=3"])
