@@ -24,6 +24,7 @@ from gguf.quants import dequantize
 from ..data.tokenizer import Tokenizer
 from ..errors import DataError, FormatError
 from ..export.mhc_file import MhcParams, read_mhc
+from .gguf_validate import check_tensor_table, check_tokenizer_arrays, read_layout
 
 QK = 256
 ARCHS = ("bitnet", "nanochat")
@@ -267,12 +268,14 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None) -
     path = Path(gguf_path)
     if not path.is_file():
         raise FormatError(f"{path}: GGUF file not found")
+    layout = read_layout(path)  # counts, types, offsets checked before the reader believes them
     try:
         reader = GGUFReader(path)
     except Exception as e:  # gguf raises ValueError/IndexError/... on a bad or truncated file
         raise FormatError(f"{path}: not a valid GGUF file, truncated or corrupted ({type(e).__name__}: {e})") from None
     meta = _Meta(reader, path)
     hp = _read_hparams(meta)
+    check_tokenizer_arrays(path, layout, reader.fields, hp.vocab_size)
     tokenizer, template = _read_tokenizer(meta, hp)
     tensors = {t.name: t for t in reader.tensors}
 
@@ -292,6 +295,7 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None) -
         names += [(f"blk.{i}.{s}.weight", shapes[s]) for s in _BLOCK_PROJ]
     for k in range(hp.n_mtp):
         names += [(f"mtp.{k}.norm_in.weight", hp.dim), (f"mtp.{k}.proj.weight", (hp.dim, hp.dim)), (f"mtp.{k}.norm_out.weight", hp.dim)]
+    check_tensor_table(path, layout, {n: (s,) if isinstance(s, int) else s for n, s in names})
     for name, shape in names:
         t = need(name)
         if isinstance(shape, int):
