@@ -22,12 +22,14 @@ from ..data.tokenizer import EOS_ID
 from ..device import autocast, resolve_device, setup_device
 from ..errors import NanochatError
 from ..model.gpt import GPT, count_params
-from .checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import prune_checkpoints, save_checkpoint
 from .data_source import resolve_data
 from .loss import compute_loss
 from .optim import build_optimizers, set_lr
+from .resume import load_for_resume
 from .rng import rng_state, set_rng_state
 from .schedule import lr_multiplier
+from .signals import GracefulStop, resume_hint
 from .tb_logger import TrainLogger
 
 
@@ -44,6 +46,7 @@ class TrainResult:
     wall_time: float = 0.0
     skipped_steps: int = 0
     checkpoint: Path | None = None
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal ended the run early
 
 
 def _format_eta(seconds: float) -> str:
@@ -66,7 +69,7 @@ def train(
     run_dir = Path(run_dir)
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(run_dir)
+        ckpt = load_for_resume(run_dir)  # skips (with a warning) checkpoints that fail their checksums
         cfg = config_from_dict(ckpt.meta["config"], source=f"{ckpt.path}/meta.json")
     if steps is not None:
         cfg.training.total_steps = steps
@@ -122,7 +125,9 @@ def train(
         prune_checkpoints(run_dir, keep_checkpoints)
         return path
 
+    stop = GracefulStop()
     try:
+        stop.__enter__()
         model.train()
         for step in range(start_step, t.total_steps):
             set_lr(optimizers, lr_multiplier(step, t.total_steps, t.warmup_steps, t.schedule_type, t.stable_ratio, t.min_lr_ratio))
@@ -168,9 +173,15 @@ def train(
                           f"lr {lr:.2e} | gnorm {grad_norm:.3f} | {tps:,.0f} tok/s | ETA {_format_eta(eta)}", flush=True)
             if done % t.checkpoint_interval == 0 and done != t.total_steps and bad_in_a_row == 0:
                 result.checkpoint = checkpoint(done)
-        if (result.steps > start_step or ckpt is None) and bad_in_a_row == 0:
+            if stop.requested:
+                result.stopped_by = stop.requested
+                break
+        if (result.checkpoint is None or result.checkpoint.name != f"step_{result.steps}") and (result.steps > start_step or ckpt is None) and bad_in_a_row == 0:
             result.checkpoint = checkpoint(result.steps)
+        if result.stopped_by and not quiet:
+            print(resume_hint(run_dir, result.steps), flush=True)
     finally:
+        stop.__exit__()
         loader.close()
         logger.close()
     result.wall_time = time.perf_counter() - t0
