@@ -63,6 +63,7 @@ def run_cases(target: Target, workdir: Path, cases: int, seed: int = 0, only: li
             folder = workdir / "case"
             folder.mkdir(exist_ok=True)
             for name, content in case.files.items():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 (folder / name).write_bytes(content)
             outcome, detail, elapsed = "rejected", "", None
             t0 = time.perf_counter()

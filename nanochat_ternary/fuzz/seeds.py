@@ -66,10 +66,10 @@ def checkpoint_seed(folder: Path) -> Path:
 
     cfg, net = tiny_model(num_layers=1, vocab_size=256)
     opts = build_optimizers(net, cfg.training)
-    tokens = torch.randint(0, 256, (2, 17))
-    logits = net(tokens[:, :-1])
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()
+    from ..train.loss import compute_loss
+
+    loss, _ = compute_loss(net, torch.randint(0, 256, (2, 17)), 0.0, 0.0)
+    loss.backward()
     for opt in opts:
         opt.step()
     meta = {"config": cfg.to_dict(), "data": {"epoch": 0, "position": 0}, "rng": {}, "data_dir": str(folder)}
