@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "nanochat_ternary.export.commands",  # export
     "nanochat_ternary.infer.commands",  # generate, bench infer
     "nanochat_ternary.serve.commands",  # serve, bench serve
+    "nanochat_ternary.fuzz.commands",  # bench fuzz
 ]
 
 

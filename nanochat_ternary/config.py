@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .config_bounds import check_bounds
 from .errors import ConfigError
 
 # Every BitLinear input dimension must be a multiple of this, so the ternary weights pack into
@@ -192,13 +193,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             data = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"{source}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{source}: not valid TOML: {e}") from None
     return config_from_dict(apply_overrides(data, overrides, source), source)
 
 
 def validate(cfg: Config) -> None:
     m, t, h, src = cfg.model, cfg.training, cfg.hardware, cfg.source
+    check_bounds(cfg)  # config_bounds.py: finite numbers, no impossible sizes
 
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{src}: '{key}' {why}")

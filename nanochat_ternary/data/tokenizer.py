@@ -85,6 +85,9 @@ def _build_pipeline(tok: HFTokenizer) -> None:
     tok.decoder = decoders.ByteLevel()
 
 
+_PROBE = "fn main() {\n\tlet s = \"é ✓\";  // 0x1F\r\n}"
+
+
 class Tokenizer:
     """A trained byte-level BPE tokenizer with the project's special tokens at ids 0..2."""
 
@@ -126,7 +129,11 @@ class Tokenizer:
         model = json.loads(text).get("model", {})
         if model.get("type") != "BPE":
             raise DataError(f"{source}: tokenizer model must be BPE, found {model.get('type')!r}")
-        return cls(hf, source)
+        tok = cls(hf, source)
+        # a byte-level BPE is lossless; one whose pre-tokenizer/decoder was altered is not
+        if tok.decode(tok.encode(_PROBE)) != _PROBE:
+            raise DataError(f"{source}: tokenizer does not round-trip text (its pre-tokenizer or decoder is not byte-level)")
+        return tok
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":

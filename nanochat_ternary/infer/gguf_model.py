@@ -29,6 +29,7 @@ from ..export.mtp_file import sidecar_tensors
 from ..export.gguf_deltanet import read_hparams as read_deltanet_hparams
 from ..export.gguf_deltanet import tensor_names as deltanet_tensor_names
 from .moe import check_moe_hparams, is_moe_layer, read_moe_layer
+from .gguf_validate import check_tensor_table, check_tokenizer_arrays, read_layout
 
 QK = 256
 ARCHS = ("bitnet", "nanochat")
@@ -289,12 +290,14 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None, m
     path = Path(gguf_path)
     if not path.is_file():
         raise FormatError(f"{path}: GGUF file not found")
+    layout = read_layout(path)  # counts, types, offsets checked before the reader believes them
     try:
         reader = GGUFReader(path)
     except Exception as e:  # gguf raises ValueError/IndexError/... on a bad or truncated file
         raise FormatError(f"{path}: not a valid GGUF file, truncated or corrupted ({type(e).__name__}: {e})") from None
     meta = _Meta(reader, path)
     hp = _read_hparams(meta)
+    check_tokenizer_arrays(path, layout, reader.fields, hp.vocab_size)
     tokenizer, template = _read_tokenizer(meta, hp)
     tensors = {t.name: t for t in reader.tensors}
     if hp.arch == "bitnet" and hp.n_mtp:  # the heads live in the .mtp sidecar (export/mtp_file.py)
@@ -325,6 +328,7 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None, m
                   if (dense or not s.startswith("ffn_")) and (not dn or s.startswith("ffn_"))]
     for k in range(hp.n_mtp):
         names += [(f"mtp.{k}.norm_in.weight", hp.dim), (f"mtp.{k}.proj.weight", (hp.dim, hp.dim)), (f"mtp.{k}.norm_out.weight", hp.dim)]
+    check_tensor_table(path, layout, {n: (s,) if isinstance(s, int) else s for n, s in names})
     for name, shape in names:
         t = need(name)
         if isinstance(shape, int):

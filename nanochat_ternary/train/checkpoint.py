@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import FormatError
+from .checkpoint_integrity import CHECKSUMS_KEY, file_checksums, verify_checksums, write_failed
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -192,7 +193,6 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
     if step < 0:
         raise ValueError(f"save_checkpoint: step must be >= 0 (got {step})")
     ckdir = Path(run_dir) / "checkpoints"
-    ckdir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step}"
     tensors, aliases = _model_tensors(model.state_dict())
     body = {**meta, "step": step, "format_version": FORMAT_VERSION}
@@ -202,6 +202,17 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
         raise TypeError(f"save_checkpoint: meta is not JSON-serialisable: {e}") from None
 
     tmp = ckdir / f".tmp_{name}_{os.getpid()}"
+    try:
+        _write_step(ckdir, tmp, name, tensors, aliases, optimizers, body)
+    except (OSError, SafetensorError, RuntimeError) as e:  # full disk, read-only folder, quota (torch.save and
+        # safetensors report a failed write as RuntimeError / SafetensorError): the previous checkpoint is untouched
+        raise write_failed(e, tmp, ckdir, name, _read_latest(ckdir)) from e
+    _remove_leftovers(ckdir)
+    return ckdir / name
+
+
+def _write_step(ckdir: Path, tmp: Path, name: str, tensors: dict, aliases: dict, optimizers, body: dict) -> None:
+    ckdir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", ALIASES_KEY: json.dumps(aliases)})
@@ -211,6 +222,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
         written.append(OPTIM_FILE)
     # Sizes let load_checkpoint name a truncated file precisely.
     body["checkpoint_files"] = {f: (tmp / f).stat().st_size for f in written}
+    body[CHECKSUMS_KEY] = file_checksums(tmp, written)  # checked on load: truncation or edits after the save
     (tmp / META_FILE).write_text(json.dumps(body, indent=1))
     for f in [*written, META_FILE]:
         _fsync_file(tmp / f)
@@ -218,8 +230,6 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
 
     _install(ckdir, tmp, name)
     _write_latest(ckdir, name)
-    _remove_leftovers(ckdir)
-    return ckdir / name
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -278,6 +288,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise FormatError(f"{f}: missing from the checkpoint")
         if f.stat().st_size != size:
             raise FormatError(f"{f}: {f.stat().st_size} bytes, expected {size} (truncated or overwritten)")
+    verify_checksums(step_dir, meta)
 
     model_file = step_dir / MODEL_FILE
     try:

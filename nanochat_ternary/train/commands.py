@@ -41,6 +41,8 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.set)
     result = train(cfg, data=args.data, run_dir=args.run_dir, steps=args.steps, resume=args.resume,
                    device=None if args.device == "auto" else args.device, keep_checkpoints=args.keep_checkpoints)
+    if result.stopped_by:  # SIGTERM: 0, Ctrl-C: 130 (train/signals.py)
+        return {"SIGINT": 130}.get(result.stopped_by, 0) if result.checkpoint else 1
     return 0 if result.checkpoint else 1
 
 

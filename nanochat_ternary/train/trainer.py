@@ -24,13 +24,15 @@ from ..errors import NanochatError
 from ..model.gpt import GPT, count_params
 from ..model.moe import moe_stats
 from .accumulate import forward_backward
-from .checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import prune_checkpoints, save_checkpoint
 from .data_source import resolve_data
 from .distributed import accumulation_steps, barrier, init_distributed, max_over_ranks, shutdown_distributed
 from .loss import compute_loss
 from .optim import build_optimizers, set_lr
+from .resume import load_for_resume
 from .rng import rng_state, set_rng_state
 from .schedule import lr_multiplier
+from .signals import GracefulStop, resume_hint
 from .tb_logger import TrainLogger
 from .time_budget import out_of_time, schedule_step
 
@@ -48,6 +50,7 @@ class TrainResult:
     wall_time: float = 0.0
     skipped_steps: int = 0
     checkpoint: Path | None = None
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal ended the run early
 
 
 def _format_eta(seconds: float) -> str:
@@ -70,7 +73,7 @@ def train(
     run_dir = Path(run_dir)
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(run_dir)
+        ckpt = load_for_resume(run_dir)  # skips (with a warning) checkpoints that fail their checksums
         cfg = config_from_dict(ckpt.meta["config"], source=f"{ckpt.path}/meta.json")
     if steps is not None:
         cfg.training.total_steps = steps
@@ -149,7 +152,9 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
         barrier(dist_info)
         return path
 
+    stop = GracefulStop()
     try:
+        stop.__enter__()
         model.train()
         for step in range(start_step, t.total_steps):
             elapsed = seconds_before + time.perf_counter() - t0
@@ -203,11 +208,17 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
                           f"lr {lr:.2e} | gnorm {grad_norm:.3f} | {tps:,.0f} tok/s | ETA {_format_eta(eta)}", flush=True)
             if done % t.checkpoint_interval == 0 and done != t.total_steps and bad_in_a_row == 0:
                 result.checkpoint = checkpoint(done)
-        if (result.steps > start_step or ckpt is None) and bad_in_a_row == 0:
+            if stop.requested:
+                result.stopped_by = stop.requested
+                break
+        if (result.checkpoint is None or result.checkpoint.name != f"step_{result.steps}") and (result.steps > start_step or ckpt is None) and bad_in_a_row == 0:
             result.checkpoint = checkpoint(result.steps)
         elif ckpt is not None and result.steps == start_step:  # resumed a finished run: its checkpoint stands
             result.checkpoint = ckpt.path
+        if result.stopped_by and not quiet:
+            print(resume_hint(run_dir, result.steps), flush=True)
     finally:
+        stop.__exit__()
         loader.close()
         logger.close()
     result.wall_time = time.perf_counter() - t0

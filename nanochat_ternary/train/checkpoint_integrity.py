@@ -1,0 +1,59 @@
+"""Checksums of a checkpoint's files, and clear errors when a checkpoint cannot be written.
+
+Why this module exists: a rename makes a checkpoint appear all at once, but nothing stops a file
+from being truncated or altered later (a copy cut short, a bad disk, a hand edit). meta.json
+records the sha256 of every other file of the checkpoint, so `load_checkpoint` detects any such
+change and resume can fall back to the previous checkpoint (resume.py). A save that fails half
+way (full disk, read-only folder) leaves the previous checkpoint and `latest` untouched; the
+error says so, so that a user knows the run can still be resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from ..errors import NanochatError, FormatError
+
+CHECKSUMS_KEY = "checksums"  # meta.json: {file name: hex sha256}
+
+
+class CheckpointWriteError(NanochatError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_checksums(folder: Path, names: list[str]) -> dict[str, str]:
+    return {name: sha256_file(folder / name) for name in names}
+
+
+def verify_checksums(folder: Path, meta: dict) -> None:
+    """FormatError naming the file whose content no longer matches meta.json's checksum."""
+    sums = meta.get(CHECKSUMS_KEY)
+    if sums is None:
+        return  # written before checksums existed: sizes are still checked by the loader
+    if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sums.items()):
+        raise FormatError(f"{folder / 'meta.json'}: '{CHECKSUMS_KEY}' must map file names to sha256 strings")
+    for name, want in sums.items():
+        f = folder / name
+        if "/" in name or name.startswith(".") or not f.is_file():
+            raise FormatError(f"{f}: missing from the checkpoint (listed in meta.json)")
+        if sha256_file(f) != want:
+            raise FormatError(f"{f}: checksum mismatch (the file was truncated or altered after it was written)")
+
+
+def write_failed(err: Exception, tmp: Path, ckdir: Path, name: str, latest: str | None) -> CheckpointWriteError:
+    """Remove the partial folder and build the error that tells the user what is still safe."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept = f"the previous checkpoint '{latest}' is intact and '{ckdir / 'latest'}' still points to it" if latest \
+        else "no earlier checkpoint exists"
+    return CheckpointWriteError(f"cannot write checkpoint {name} in {ckdir} ({getattr(err, 'strerror', None) or err}); {kept}. "
+                                "Free disk space or fix the folder's permissions, then resume with --resume.")
