@@ -29,6 +29,7 @@ from .optim import build_optimizers, set_lr
 from .rng import rng_state, set_rng_state
 from .schedule import lr_multiplier
 from .tb_logger import TrainLogger
+from .validation import Validator
 
 
 class TrainingDiverged(NanochatError):
@@ -108,6 +109,7 @@ def train(
 
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     logger = TrainLogger(run_dir, enabled=True)
+    validator = Validator.create(cfg, data_dir, run_dir, dev, quiet)
     params = [p for p in model.parameters() if p.requires_grad]
     tokens_per_step = t.batch_size * t.seq_length
     result = TrainResult(run_dir=run_dir, steps=start_step, skipped_steps=bad_total)
@@ -168,8 +170,13 @@ def train(
                           f"lr {lr:.2e} | gnorm {grad_norm:.3f} | {tps:,.0f} tok/s | ETA {_format_eta(eta)}", flush=True)
             if done % t.checkpoint_interval == 0 and done != t.total_steps and bad_in_a_row == 0:
                 result.checkpoint = checkpoint(done)
+            if validator is not None and validator.due(done, t.total_steps):  # val loss/bpb, `best` alias
+                result.checkpoint = validator.run(model, done, t.total_steps, logger,
+                                                  checkpoint if bad_in_a_row == 0 else None, result.checkpoint)
         if (result.steps > start_step or ckpt is None) and bad_in_a_row == 0:
             result.checkpoint = checkpoint(result.steps)
+        if validator is not None:
+            validator.finish(result.checkpoint)
     finally:
         loader.close()
         logger.close()
