@@ -96,9 +96,11 @@ def scan(sources: list[Path], max_bytes: int, threshold: float, val_fraction: fl
         elif reason is None and index.add(np.frombuffer(sig, dtype=np.uint32)) >= 0:
             reason = NEAR_DUP
         if reason:
-            d = dropped.setdefault(reason, {"files": 0, "bytes": 0})
+            d = dropped.setdefault(reason, {"files": 0, "bytes": 0, "examples": []})
             d["files"] += 1
             d["bytes"] += size
+            if len(d["examples"]) < 5:
+                d["examples"].append(str(f.path))
             continue
         seen_sha.add(sha)
         kept.append({"path": str(f.path), "crate": f.crate, "bytes": size, "sha256": sha})
