@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from ..fsutil import atomic_write_text
 from . import near_dedup, rust_filters
-from .crates import RustFile, find_rust_files
+from .crates import RustFile, find_rust_files, keep_order
 from .prepare import _encoded
 from .shards import dtype_for_vocab, write_shards
 from .tokenizer import train_tokenizer
@@ -81,7 +81,7 @@ def scan(sources: list[Path], max_bytes: int, threshold: float, val_fraction: fl
     files: list[RustFile] = []
     for s in sources:
         files.extend(find_rust_files(s))
-    files.sort(key=lambda f: (f.crate, f.version == "", f.path))
+    files.sort(key=keep_order)
     jobs = [(str(f.path), f.rel_parts, max_bytes) for f in files]
     workers = max(1, min(os.cpu_count() or 1, 16))
     with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:

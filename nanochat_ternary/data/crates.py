@@ -82,5 +82,10 @@ def find_rust_files(source: Path) -> list[RustFile]:
             out.append(RustFile(path, crate, version, path.relative_to(root).parts if root != path else (name,)))
     if not out:
         raise DataError(f"{source}: no .rs files found below this folder")
-    out.sort(key=lambda f: (f.crate, tuple(-x for x in _version_key(f.version)), f.version, f.rel_parts))
+    out.sort(key=keep_order)
     return out
+
+
+def keep_order(f: RustFile) -> tuple:
+    """Sort key: crate name, newest version first, then path (deduplication keeps the first copy)."""
+    return (f.crate, tuple(-x for x in _version_key(f.version)), f.version, f.rel_parts, str(f.path))

@@ -1,7 +1,7 @@
 """Validation during training: loss and bits per byte on fixed held-out windows, and a `best` alias.
 
 Why this module exists: the training loss alone cannot show over-fitting or tell two runs with
-different tokenizers apart. Every `training.eval_interval` steps (and at the last step) the
+different tokenizers apart. Every `training.eval_interval` steps the
 trainer calls `Validator.run`: the model scores the same `training.eval_windows` windows of the
 dataset's `val/` split each time (evenly spaced, so the figure moves only when the model does),
 and the result goes to TensorBoard and metrics.jsonl (`val/loss`, `val/bpb`) and to the console.
@@ -121,7 +121,7 @@ class Validator:
                    cfg.hardware.dtype, quiet)
 
     def due(self, done: int, total: int) -> bool:
-        return done % self.interval == 0 or done == total
+        return done % self.interval == 0
 
     def run(self, model, step: int, total: int, logger, save: Callable[[int], Path] | None, last: Path | None) -> Path | None:
         """Score, log, and on improvement checkpoint + link best (at the final step: after the
