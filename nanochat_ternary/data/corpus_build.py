@@ -167,7 +167,7 @@ def build_corpus(sources: list[str | Path], out_dir: str | Path, vocab_size: int
     t0 = time.perf_counter()
     ran = []  # the steps this call ran (the others were reused)
 
-    keys = {"scan": _digest([BUILD_VERSION, [str(s) for s in srcs], _fingerprint(srcs), max_bytes, threshold,
+    keys = {"scan": _digest([BUILD_VERSION, rust_filters.FILTER_VERSION, [str(s) for s in srcs], _fingerprint(srcs), max_bytes, threshold,
                              val_fraction, seed])}
     if state.get("scan") != keys["scan"] or not (out / "manifest.json").exists():
         (out / "meta.json").unlink(missing_ok=True)
