@@ -7,7 +7,9 @@
 #   VARIANTS="n1" STEPS=300 bash scripts/rust_variants.sh   # one variant, shorter
 #
 # Env: OUT (default runs/rust_variants), DEBIAN (default data/debian), DATA (default data/rust_v8k),
-# STEPS (default 600), VARIANTS (default "mhc2 n1 dense"), LIMIT (fetch only the first N packages).
+# STEPS (default 600), VARIANTS (default "mhc2 n1 dense"), LIMIT (fetch only the first N packages),
+# TRAIN_ARGS (more `nanochat train` arguments, e.g. "--set training.eval_interval=40"), SUMMARY=0 to skip
+# the summary (when running the variants one at a time).
 # Results: $OUT/<variant>/{eval-bpb,eval-compile,eval-humaneval-rs}.json and $OUT/summary.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,12 +36,13 @@ for v in $VARIANTS; do
   esac
   run="$OUT/$v"
   rm -rf "$run"
-  nc train --config "$CONFIG" --data "$DATA" --run-dir "$run" --steps "$STEPS" "${sets[@]}" | tee "$run.train.log"
+  nc train --config "$CONFIG" --data "$DATA" --run-dir "$run" --steps "$STEPS" "${sets[@]}" ${TRAIN_ARGS:-} | tee "$run.train.log"
   nc eval bpb --model "$run/checkpoints/best" --data "$DATA" --max-tokens 60000 --quiet --output "$run/eval-bpb.json"
   nc eval compile --model "$run/checkpoints/best" -n 16 --max-tokens 192 --output "$run/eval-compile.json"
   nc eval humaneval-rs --model "$run/checkpoints/best" --problems tests/data/humaneval_rs_small.jsonl -n 5 -k 1 \
      --max-tokens 128 --output "$run/eval-humaneval-rs.json"
 done
+[ "${SUMMARY:-1}" = 0 ] && exit 0
 $PY - "$OUT" $VARIANTS <<'PY'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1]); rows = {}

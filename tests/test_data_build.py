@@ -75,7 +75,7 @@ def test_build_filters_dedups_splits_by_crate_and_reuses(tmp_path):
 
 
 def test_build_refuses_a_foreign_folder_and_a_single_crate(tmp_path):
-    tree = make_tree(tmp_path / "deb", n_crates=1)
+    tree = make_tree(tmp_path / "deb")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/notes.txt").write_text("keep me")
     with pytest.raises(DataError, match="refusing"):
