@@ -98,6 +98,8 @@ class TrainingConfig:
     prefetch_batches: int = 4
     checkpoint_interval: int = 1000
     log_interval: int = 10
+    eval_interval: int = 250  # validation loss/bpb every N steps and at the end; 0: off (train/validation.py)
+    eval_windows: int = 32  # fixed validation windows of seq_length tokens scored each time
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
     max_hours: float = 0.0  # wall-clock budget: the schedule decays in time, the run stops at it (0: off)
     seed: int = 1337
@@ -236,6 +238,8 @@ def validate(cfg: Config) -> None:
     for key in ("total_steps", "batch_size", "seq_length", "checkpoint_interval", "log_interval"):
         if getattr(t, key) <= 0:
             raise bad(f"training.{key}", "must be positive")
+    if t.eval_interval < 0 or t.eval_windows < 1:
+        raise bad("training.eval_interval/eval_windows", "eval_interval must be >= 0 (0: off) and eval_windows >= 1")
     if t.seq_length > m.max_seq_len:
         raise bad("training.seq_length", f"({t.seq_length}) exceeds model.max_seq_len ({m.max_seq_len})")
     if t.micro_batch_size < 0 or (t.micro_batch_size and t.batch_size % t.micro_batch_size):

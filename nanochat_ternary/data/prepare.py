@@ -97,9 +97,9 @@ def _encoded(tok: Tokenizer, docs: list[str], counts: dict, desc: str, progress:
         chunk = docs[i:i + ENCODE_CHUNK]
         parts = []
         for ids in tok.encode_batch(chunk):
-            parts.append([tok.eos_id])
-            parts.append(ids)
-        arr = np.fromiter((t for p in parts for t in p), dtype=dtype)
+            parts.append(np.array([tok.eos_id], dtype=dtype))
+            parts.append(np.asarray(ids, dtype=dtype))  # C-speed copy; a Python generator was ~10x slower
+        arr = np.concatenate(parts)
         counts["docs"] += len(chunk)
         counts["bytes"] += sum(len(d.encode("utf-8")) for d in chunk)
         counts["tokens"] += int(arr.size)

@@ -35,6 +35,7 @@ from .schedule import lr_multiplier
 from .signals import GracefulStop, resume_hint
 from .tb_logger import TrainLogger
 from .time_budget import out_of_time, schedule_step
+from .validation import Validator
 
 
 class TrainingDiverged(NanochatError):
@@ -133,6 +134,7 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
     if dist_info.is_main:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     logger = TrainLogger(run_dir, enabled=dist_info.is_main)
+    validator = Validator.create(cfg, data_dir, run_dir, dev, quiet, writes=dist_info.is_main)
     params = [p for p in model.parameters() if p.requires_grad]
     tokens_per_step = t.batch_size * t.seq_length
     result = TrainResult(run_dir=run_dir, steps=start_step, skipped_steps=bad_total)
@@ -208,6 +210,9 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
                           f"lr {lr:.2e} | gnorm {grad_norm:.3f} | {tps:,.0f} tok/s | ETA {_format_eta(eta)}", flush=True)
             if done % t.checkpoint_interval == 0 and done != t.total_steps and bad_in_a_row == 0:
                 result.checkpoint = checkpoint(done)
+            if validator is not None and validator.due(done, t.total_steps):  # val loss/bpb, `best` alias
+                result.checkpoint = validator.run(model, done, t.total_steps, logger,
+                                                  checkpoint if bad_in_a_row == 0 else None, result.checkpoint)
             if stop.requested:
                 result.stopped_by = stop.requested
                 break
@@ -215,6 +220,8 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
             result.checkpoint = checkpoint(result.steps)
         elif ckpt is not None and result.steps == start_step:  # resumed a finished run: its checkpoint stands
             result.checkpoint = ckpt.path
+        if validator is not None:
+            validator.finish(result.checkpoint)
         if result.stopped_by and not quiet:
             print(resume_hint(run_dir, result.steps), flush=True)
     finally:
