@@ -58,7 +58,8 @@ def test_synthetic_answers_compile_and_requests_name_the_item():
     if rustc_path() is None:
         pytest.skip("rustc not installed")
     pairs = synthetic_pairs(12, seed=3, flavour="synthetic") + synthetic_pairs(8, seed=3, flavour="synthetic-small")
-    assert len(pairs) == 20
+    pairs += heldout_pairs(6)  # the full word lists
+    assert len(pairs) == 26
     for p in pairs:
         assert p.assistant.startswith("```rust\n") and p.assistant.endswith("\n```")
         assert re.search(rf"\b{p.name}\b", p.user), p.user

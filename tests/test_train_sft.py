@@ -77,17 +77,17 @@ def test_sft_learns_answers_and_writes_an_exportable_run(tmp_path, pretrained):
 def test_cli_sft_and_its_errors(tmp_path, pretrained, capsys):
     from nanochat_ternary.cli import main
 
-    args = ["sft", "--checkpoint", str(pretrained), "--data", "synthetic", "--pairs", "20", "--steps", "2",
+    args = ["sft", "--checkpoint", str(pretrained), "--data", "synthetic-small", "--pairs", "20", "--steps", "2",
             "--batch-size", "2", "--seq-length", "192", "--device", "cpu"]
     assert main(args) == 0
     assert (pretrained / "sft" / "checkpoints" / "step_2" / "model.safetensors").is_file()
-    assert main(args[:4] + ["--data", str(tmp_path / "missing")] + args[6:]) == 2
+    assert main(args[:3] + ["--data", str(tmp_path / "missing")] + args[5:]) == 2
     assert "expected one of synthetic" in capsys.readouterr().err
     assert main(args + ["--seq-length", "999"]) == 2
     assert "exceeds the model's max_seq_len 256" in capsys.readouterr().err
     (tmp_path / "undocumented").mkdir()
     (tmp_path / "undocumented" / "a.rs").write_text("fn a() {}\n")
     (tmp_path / "undocumented" / "b.rs").write_text("fn b() {}\n")
-    assert main(args[:4] + ["--data", str(tmp_path / "undocumented")] + args[6:]) == 2
+    assert main(args[:3] + ["--data", str(tmp_path / "undocumented")] + args[5:]) == 2
     assert "no documented" in capsys.readouterr().err
     assert issubclass(DataError, NanochatError)
