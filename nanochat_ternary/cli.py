@@ -15,6 +15,7 @@ from .errors import NanochatError
 # modules that define `register(subparsers)`; each adds its subcommands with set_defaults(func=...)
 COMMAND_MODULES = [
     "nanochat_ternary.train.commands",  # params, train, sample, bench train
+    "nanochat_ternary.train.sft_commands",  # sft
     "nanochat_ternary.export.commands",  # export
     "nanochat_ternary.infer.commands",  # generate, bench infer
     "nanochat_ternary.serve.commands",  # serve, bench serve

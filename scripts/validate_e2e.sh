@@ -2,7 +2,8 @@
 # End-to-end validation: train -> export -> serve -> API -> generation quality, on the embedded
 # synthetic Rust programs. Steps 2-7 take about two minutes on a 2-core laptop CPU.
 #
-#   ./scripts/validate_e2e.sh [--steps N] [--min-compile-rate R] [--keep-server]
+#   ./scripts/validate_e2e.sh [--steps N] [--min-compile-rate R] [--sft-steps N (0: none)] [--chats N]
+#                             [--min-chat-compile-rate R]
 #
 # Environment: RUN_DIR (default runs/e2e_<timestamp>), PORT (default: a free port),
 # NANOCHAT_DATA_CACHE (where prepared datasets are cached).
@@ -15,11 +16,19 @@ STEPS=1000
 # +-8 points) and far above the 0% of a broken pipeline or an untrained model.
 MIN_RATE=${MIN_COMPILE_RATE:-0.5}
 COMPLETIONS=32
+# Instruction tuning (train/sft.py) on synthetic (request, program) chats, then chat requests with
+# names and phrasings no training pair uses; their fenced code must compile.
+SFT_STEPS=150
+CHATS=32
+MIN_CHAT_RATE=${MIN_CHAT_COMPILE_RATE:-0.5}
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) STEPS=$2; shift 2 ;;
     --min-compile-rate) MIN_RATE=$2; shift 2 ;;
     --completions) COMPLETIONS=$2; shift 2 ;;
+    --sft-steps) SFT_STEPS=$2; shift 2 ;;
+    --chats) CHATS=$2; shift 2 ;;
+    --min-chat-compile-rate) MIN_CHAT_RATE=$2; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -88,11 +97,17 @@ stop_server() { kill "$SERVER_PID" && wait "$SERVER_PID" 2>/dev/null; SERVER_PID
 
 stage "1. setup" setup
 stage "2. train tiny ($STEPS steps)" "$NC" train --config configs/models/tiny.toml --data synthetic-small --run-dir "$RUN_DIR" --steps "$STEPS"
-stage "3. export GGUF + .mhc" "$NC" export --checkpoint "$RUN_DIR" --output "$MODEL_DIR/model.gguf" --mhc-output "$MODEL_DIR/model.mhc"
+EXPORT_FROM=$RUN_DIR
+if [ "$SFT_STEPS" -gt 0 ]; then
+  stage "2b. SFT ($SFT_STEPS steps)" "$NC" sft --checkpoint "$RUN_DIR" --data synthetic-small --run-dir "$RUN_DIR/sft" --steps "$SFT_STEPS"
+  EXPORT_FROM=$RUN_DIR/sft
+fi
+stage "3. export GGUF + .mhc" "$NC" export --checkpoint "$EXPORT_FROM" --output "$MODEL_DIR/model.gguf" --mhc-output "$MODEL_DIR/model.mhc"
 stage "4. start server" start_server
 stage "5. API: models, chat, stream" "$PY" -m nanochat_ternary.eval.api_check --base-url "http://127.0.0.1:$PORT" --completions 0
 stage "6. quality: $COMPLETIONS programs, rustc" "$PY" -m nanochat_ternary.eval.api_check --base-url "http://127.0.0.1:$PORT" \
-  --completions "$COMPLETIONS" --min-compile-rate "$MIN_RATE" --json "$RUN_DIR/quality.json"
+  --completions "$COMPLETIONS" --min-compile-rate "$MIN_RATE" --json "$RUN_DIR/quality.json" \
+  $([ "$SFT_STEPS" -gt 0 ] && echo --chat "$CHATS" --min-chat-compile-rate "$MIN_CHAT_RATE")
 stage "7. stop server" stop_server
 summary
 echo

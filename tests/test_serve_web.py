@@ -92,3 +92,31 @@ def test_chat_page_streams_a_reply(browser, server, tmp_path):
     assert len(browser.find_elements(By.CSS_SELECTOR, ".msg.user")) == 2
     shot = tmp_path / "chat_page.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
+
+
+def test_fenced_code_renders_as_a_code_block_with_copy(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/")
+    reply = "Here it is:\n```rust\nfn one() -> u32 {\n    1 < 2\n}\n```\nDone, <b>no html</b>."
+    browser.execute_script("""
+        const div = document.createElement('div'); div.className = 'msg assistant'; div.id = 'probe';
+        const body = document.createElement('span'); body.className = 'body'; div.appendChild(body);
+        document.getElementById('messages').appendChild(div);
+        renderReply(body, arguments[0]);""", reply)
+    code = browser.find_element(By.CSS_SELECTOR, "#probe .code pre code")
+    assert code.get_attribute("textContent") == "fn one() -> u32 {\n    1 < 2\n}"
+    assert "mono" in browser.execute_script("return getComputedStyle(arguments[0]).fontFamily", code).lower()
+    assert browser.execute_script("return getComputedStyle(arguments[0].parentNode).whiteSpace", code) == "pre"
+    assert browser.find_element(By.CSS_SELECTOR, "#probe .code .lang").text == "rust"
+    body_text = browser.find_element(By.CSS_SELECTOR, "#probe .body").get_attribute("textContent")
+    assert body_text.startswith("Here it is:\n") and body_text.endswith("Done, <b>no html</b>.")  # text, not markup
+    assert not browser.find_elements(By.CSS_SELECTOR, "#probe b")
+    button = browser.find_element(By.CSS_SELECTOR, "#probe .code button.copy")
+    button.click()
+    WebDriverWait(browser, 5).until(lambda d: button.text in ("Copied", "Copy failed"))
+    assert button.text == "Copied"
+    # while streaming, an unclosed fence is already code
+    browser.execute_script("renderReply(document.querySelector('#probe .body'), 'x\\n```rust\\nfn a')")
+    assert browser.find_element(By.CSS_SELECTOR, "#probe .code pre code").get_attribute("textContent") == "fn a"

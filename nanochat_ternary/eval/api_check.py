@@ -8,7 +8,9 @@ Used by `scripts/validate_e2e.sh` (and usable against any deployment):
 It calls `/v1/models`, a chat completion and a streamed chat completion (checking the SSE
 framing, `[DONE]` and the usage chunk), then asks `/v1/completions` for Rust programs from a
 set of program openings and compiles every completion with `rustc --edition 2021 --crate-type
-lib` (eval/compile.py). Only the standard library is used for HTTP, so it runs anywhere.
+lib` (eval/compile.py). With `--chat N` it also asks `/v1/chat/completions` for N held-out
+programs (requests whose names and phrasings no SFT pair uses, data/instruct.py) and compiles
+the fenced code of each answer. Only the standard library is used for HTTP, so it runs anywhere.
 """
 
 from __future__ import annotations
@@ -108,6 +110,37 @@ def compile_rate(base: str, n: int, max_tokens: int = 384, temperature: float = 
             "example": next((src for (src, _), r in zip(outs, results) if r.ok), None)}
 
 
+def chat_compile_rate(base: str, n: int, max_tokens: int = 384, temperature: float = 0.0, api_key: str | None = None,
+                      concurrency: int = 8) -> dict:
+    """Ask /v1/chat/completions for `n` held-out programs (data/instruct.heldout_pairs: names and
+    phrasings no training pair uses) and compile the first fenced code block of each answer; an
+    answer without a fenced block counts as a failure."""
+    from ..data.instruct import extract_rust, heldout_pairs
+
+    model = fetch_json(base, "/v1/models", api_key=api_key)["data"][0]["id"]
+    pairs = heldout_pairs(n)
+
+    def one(i: int) -> tuple[str, str]:
+        body = {"model": model, "messages": [{"role": "user", "content": pairs[i].user}], "max_tokens": max_tokens,
+                "temperature": temperature, "top_k": 20, "seed": i}
+        out = fetch_json(base, "/v1/chat/completions", body, api_key)
+        return out["choices"][0]["message"]["content"], out["choices"][0]["finish_reason"]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        outs = list(pool.map(one, range(len(pairs))))
+    gen_time = time.perf_counter() - t0
+    codes = [extract_rust(text) for text, _ in outs]
+    results = compile_many([c for c in codes if c is not None])
+    it = iter(results)
+    ok = [c is not None and next(it).ok for c in codes]
+    named = sum(1 for c, p in zip(codes, pairs) if c is not None and p.name in c)
+    failures = [{"request": p.user, "answer": text, "finish_reason": fr} for p, (text, fr), good in zip(pairs, outs, ok) if not good]
+    return {"n": len(pairs), "compiled": sum(ok), "rate": sum(ok) / max(len(pairs), 1), "fenced": sum(c is not None for c in codes),
+            "named": named, "generation_seconds": round(gen_time, 2), "failures": failures[:5],
+            "example": next(({"request": p.user, "answer": text} for p, (text, _), good in zip(pairs, outs, ok) if good), None)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base-url", required=True)
@@ -115,30 +148,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--completions", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--min-compile-rate", type=float, default=0.0)
+    p.add_argument("--chat", type=int, default=0, help="also ask /v1/chat/completions for this many held-out programs")
+    p.add_argument("--min-chat-compile-rate", type=float, default=0.0)
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     try:
         api = check_api(args.base_url, args.api_key)
         print(f"api: /v1/models, chat and streamed chat OK ({api['stream_chunks']} chunks)")
-        if args.completions <= 0:
+        if args.completions <= 0 and args.chat <= 0:
             return 0
-        comp = compile_rate(args.base_url, args.completions, temperature=args.temperature, api_key=args.api_key)
+        comp = compile_rate(args.base_url, args.completions, temperature=args.temperature, api_key=args.api_key) if args.completions > 0 else None
+        chat = chat_compile_rate(args.base_url, args.chat, temperature=args.temperature, api_key=args.api_key) if args.chat > 0 else None
     except (CheckFailed, OSError, KeyError, ValueError) as e:
         print(f"error: API check failed: {e}", file=sys.stderr)
         return 1
-    print(f"compile rate: {comp['compiled']}/{comp['n']} = {comp['rate']:.0%} "
-          f"(rustc --edition 2021 --crate-type lib; {comp['truncated']} hit max_tokens; generation {comp['generation_seconds']}s)")
-    if comp["example"]:
-        print("example that compiles:\n" + "\n".join("    " + line for line in comp["example"].splitlines()[:20]))
-    for f in comp["failures"][:3]:
-        print(f"  failed: {f['error']}")
+    if comp:
+        print(f"compile rate: {comp['compiled']}/{comp['n']} = {comp['rate']:.0%} "
+              f"(rustc --edition 2021 --crate-type lib; {comp['truncated']} hit max_tokens; generation {comp['generation_seconds']}s)")
+        if comp["example"]:
+            print("example that compiles:\n" + "\n".join("    " + line for line in comp["example"].splitlines()[:20]))
+        for f in comp["failures"][:3]:
+            print(f"  failed: {f['error']}")
+    if chat:
+        print(f"chat compile rate: {chat['compiled']}/{chat['n']} = {chat['rate']:.0%} of answers to held-out requests "
+              f"({chat['fenced']} with a fenced block, {chat['named']} using the requested name; generation {chat['generation_seconds']}s)")
+        if chat["example"]:
+            print("request: " + chat["example"]["request"] + "\n" + "\n".join("    " + line for line in chat["example"]["answer"].splitlines()[:20]))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"api": api, "compile": comp}, fh, indent=2)
-    if comp["rate"] < args.min_compile_rate:
+            json.dump({"api": api, "compile": comp, "chat": chat}, fh, indent=2)
+    rc = 0
+    if comp and comp["rate"] < args.min_compile_rate:
         print(f"error: compile rate {comp['rate']:.0%} is under the threshold {args.min_compile_rate:.0%}", file=sys.stderr)
-        return 1
-    return 0
+        rc = 1
+    if chat and chat["rate"] < args.min_chat_compile_rate:
+        print(f"error: chat compile rate {chat['rate']:.0%} is under the threshold {args.min_chat_compile_rate:.0%}", file=sys.stderr)
+        rc = 1
+    return rc
 
 
 if __name__ == "__main__":
