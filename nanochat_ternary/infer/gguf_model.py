@@ -300,6 +300,7 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None, m
     check_tokenizer_arrays(path, layout, reader.fields, hp.vocab_size)
     tokenizer, template = _read_tokenizer(meta, hp)
     tensors = {t.name: t for t in reader.tensors}
+    heads: dict = {}
     if hp.arch == "bitnet" and hp.n_mtp:  # the heads live in the .mtp sidecar (export/mtp_file.py)
         hp.n_mtp, heads = sidecar_tensors(path, hp.n_mtp, meta.get(MTP_CHECKSUM_KEY, str), mtp_path)
         tensors.update(heads)
@@ -328,7 +329,8 @@ def read_gguf_model(gguf_path: str | Path, mhc_path: str | Path | None = None, m
                   if (dense or not s.startswith("ffn_")) and (not dn or s.startswith("ffn_"))]
     for k in range(hp.n_mtp):
         names += [(f"mtp.{k}.norm_in.weight", hp.dim), (f"mtp.{k}.proj.weight", (hp.dim, hp.dim)), (f"mtp.{k}.norm_out.weight", hp.dim)]
-    check_tensor_table(path, layout, {n: (s,) if isinstance(s, int) else s for n, s in names})
+    # the GGUF's own tensor table (a bitnet file's MTP heads come from the .mtp sidecar, checked there)
+    check_tensor_table(path, layout, {n: (s,) if isinstance(s, int) else s for n, s in names if n not in heads})
     for name, shape in names:
         t = need(name)
         if isinstance(shape, int):
