@@ -184,3 +184,13 @@ def test_trainer_logs_moe_scalars(tmp_path, tiny_dataset, tiny_config):
     assert {"loss/moe_aux", "moe/dropped_fraction", "moe/expert_load_max", "moe/expert_load_min"} <= tags, tags
     aux = [e.value for e in acc.Scalars("loss/moe_aux")]
     assert all(0 < a < 0.01 * 4 for a in aux)  # between balanced (= weight 0.01) and full collapse (E/k x)
+
+
+def test_router_goes_to_lion_and_experts_to_muon():
+    from nanochat_ternary.train.optim import split_params
+
+    model = GPT(small_cfg(num_layers=1))
+    muon, lion = split_params(model)
+    router = model.blocks[0].ffn.router.weight
+    assert any(p is router for p in lion) and not any(p is router for p in muon)
+    assert any(p is model.blocks[0].ffn.experts[0].gate_proj.weight for p in muon)

@@ -76,6 +76,13 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
 
     if (args.model is None) == (args.shape is None):
         raise ConfigError("bench infer: give exactly one of --model M.gguf or --shape nano")
+    if args.deltanet:
+        from .bench_deltanet import bench_infer_deltanet
+
+        if args.shape is None or args.moe:
+            raise ConfigError("bench infer --deltanet: needs --shape (it builds the hybrid / attention pair itself), without --moe")
+        print(json.dumps(bench_infer_deltanet(args.shape, args.threads, args.context, args.decode_tokens, args.batch), indent=2))
+        return 0
     if args.moe:
         from .bench_moe import bench_infer_moe
 
@@ -114,4 +121,6 @@ def register(sub, bench) -> None:
     p.add_argument("--batch", type=positive_int("--batch"), default=8)
     p.add_argument("--no-baseline", action="store_true", help="skip the fp32 PyTorch comparison")
     p.add_argument("--moe", action="store_true", help="with --shape: an 8x2 MoE vs the dense model of the same active parameters")
+    p.add_argument("--deltanet", action="store_true", help="with --shape: a Gated DeltaNet hybrid vs pure attention at --context tokens")
+    p.add_argument("--context", type=positive_int("--context"), default=2048, help="with --deltanet: tokens prefilled per sequence")
     p.set_defaults(func=cmd_bench_infer)

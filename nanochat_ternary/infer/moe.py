@@ -41,8 +41,9 @@ def check_moe_hparams(path, hp) -> None:
     if hp.arch != "nanochat":
         raise FormatError(f"{path}: a '{hp.arch}' file cannot have experts (nanochat.expert_count = {hp.n_experts})")
     if not 1 <= hp.n_experts_used <= hp.n_experts or hp.expert_ffn <= 0 or not 1 <= hp.moe_interval <= hp.n_layers:
-        raise FormatError(f"{path}: bad MoE hyper-parameters: {hp.n_experts} experts, {hp.n_experts_used} used, "
-                          f"expert_feed_forward_length {hp.expert_ffn}, layer interval {hp.moe_interval}")
+        raise FormatError(f"{path}: bad MoE hyper-parameters: nanochat.expert_count = {hp.n_experts}, "
+                          f"nanochat.expert_used_count = {hp.n_experts_used} (must be 1..expert_count), "
+                          f"nanochat.expert_feed_forward_length = {hp.expert_ffn}, nanochat.moe.layer_interval = {hp.moe_interval}")
 
 
 def read_moe_layer(path, need: Callable, i: int, hp, model, projection: Callable, float_tensor: Callable) -> None:
@@ -52,8 +53,16 @@ def read_moe_layer(path, need: Callable, i: int, hp, model, projection: Callable
     the sub-norms keep their GGUF names ([E, D] and [E, F], float32)."""
     E, dims = hp.n_experts, {"F": hp.expert_ffn, "D": hp.dim}
     b = f"blk.{i}."
-    model.norms[b + "ffn_gate_inp.weight"] = float_tensor(path, need(b + "ffn_gate_inp.weight"), (E, hp.dim), False)
-    model.norms[b + "ffn_sub_norm_exps.weight"] = float_tensor(path, need(b + "ffn_sub_norm_exps.weight"), (E, hp.expert_ffn), False)
+    router = need(b + "ffn_gate_inp.weight")
+    if tuple(int(x) for x in router.shape) not in ((hp.dim, E), (E * hp.dim,)):  # innermost first; same count, other shape
+        raise FormatError(f"{path}: tensor '{router.name}' has shape {list(router.shape)[::-1]}, expected [{E}, {hp.dim}] "
+                          f"(nanochat.expert_count = {E}, nanochat.embedding_length = {hp.dim})")
+    try:
+        model.norms[b + "ffn_gate_inp.weight"] = float_tensor(path, router, (E, hp.dim), False)
+        model.norms[b + "ffn_sub_norm_exps.weight"] = float_tensor(path, need(b + "ffn_sub_norm_exps.weight"), (E, hp.expert_ffn), False)
+    except FormatError as e:  # a wrong shape here is as likely a lying expert count: name the fields too
+        raise FormatError(f"{e} (from nanochat.expert_count = {E}, nanochat.expert_feed_forward_length = {hp.expert_ffn}, "
+                          f"nanochat.embedding_length = {hp.dim})") from None
     for name, rows, cols in _STACKED:
         n, k = dims[rows], dims[cols]
         t = need(f"{b}{name}.weight")

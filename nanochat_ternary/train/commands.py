@@ -1,4 +1,4 @@
-"""CLI: `nanochat params`, `nanochat train`, `nanochat sample`, `nanochat bench train` (`--moe`)."""
+"""CLI: `nanochat params`, `nanochat train`, `nanochat sample`, `nanochat bench train` (`--moe`, `--deltanet`)."""
 
 from __future__ import annotations
 
@@ -72,8 +72,22 @@ def cmd_bench_train(args) -> int:
     from .bench import bench_train
 
     cfg = load_config(args.config, args.set)
-    out = bench_train(cfg, steps=args.steps, rounds=args.rounds, device=None if args.device == "auto" else args.device,
-                      batch_size=args.batch_size, seq_length=args.seq_length, moe=args.moe)
+    if args.deltanet:
+        from .bench_deltanet import bench_train_deltanet
+
+        from ..errors import ConfigError
+
+        try:
+            lengths = [int(t) for t in args.deltanet_lengths.split(",")]
+        except ValueError:
+            lengths = []
+        if args.moe or not lengths or min(lengths) < 1:
+            raise ConfigError("bench train --deltanet: give --deltanet-lengths as positive integers like 512,2048, without --moe")
+        out = bench_train_deltanet(cfg, lengths, batch_size=args.batch_size or 1, steps=args.steps, rounds=args.rounds,
+                                   device=None if args.device == "auto" else args.device)
+    else:
+        out = bench_train(cfg, steps=args.steps, rounds=args.rounds, device=None if args.device == "auto" else args.device,
+                          batch_size=args.batch_size, seq_length=args.seq_length, moe=args.moe)
     text = json.dumps(out, indent=2)
     print(text)
     if args.output:
@@ -118,4 +132,6 @@ def register(sub, bench) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--output", default=None, help="also write the JSON here")
     p.add_argument("--moe", action="store_true", help="compare an 8x2 MoE with the dense model of the same active parameters instead")
+    p.add_argument("--deltanet", action="store_true", help="compare one Gated DeltaNet block with one attention block instead (fwd+bwd)")
+    p.add_argument("--deltanet-lengths", default="512,2048", help="with --deltanet: comma-separated sequence lengths")
     p.set_defaults(func=cmd_bench_train)

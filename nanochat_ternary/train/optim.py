@@ -2,7 +2,7 @@
 
 Muon's orthogonalised update only makes sense for the hidden weight matrices (the projections
 of attention and FFN, BitLinear's latent weights). Everything else, the embedding (tied with the
-LM head), the norms, the mHC logits, biases and gates, goes to Lion at `lion_lr_mult` times the
+LM head), the norms, the mHC logits, biases and gates (the MoE router too), goes to Lion at `lion_lr_mult` times the
 learning rate (ARCHITECTURE.md); parameters marked `_no_weight_decay` get no weight decay.
 Every param group records its base learning rate as `initial_lr`, so the training loop scales
 all groups with one schedule multiplier (`set_lr`).
@@ -19,7 +19,10 @@ from .muon import Muon
 
 # A 2-D parameter whose name contains one of these is an input/output matrix, not a hidden one:
 # Muon's reference setup leaves the embedding and the LM head to an element-wise optimizer.
-NON_MUON_NAME_KEYS = ("embed", "lm_head")
+# The MoE router [E, D] (model/moe.py) is a gate, not a hidden matrix: Muon would orthogonalise
+# its E rows (pushing the experts' directions apart and giving every row the same update size
+# whatever its gradient), so it goes to Lion with the other gates.
+NON_MUON_NAME_KEYS = ("embed", "lm_head", "ffn.router")
 
 
 def is_muon_param(name: str, param: torch.Tensor, embedding_params: set[int] | None = None) -> bool:
