@@ -41,6 +41,11 @@ class GracefulStop:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.requested is not None:
+            # A stop is under way: the process is leaving. Keep our handlers so that a second
+            # signal during the rest of the shutdown still exits at once with the right code
+            # (the default SIGINT handler would raise KeyboardInterrupt mid-shutdown instead).
+            return
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
