@@ -58,6 +58,8 @@ def distribution(logits: torch.Tensor, sampler: Sampler, history: list[int]) -> 
     one-hot at the argmax for greedy requests."""
     params = sampler.params
     logits = apply_repetition_penalty(logits.float(), history, params.repetition_penalty)
+    if params.temperature > 0 and params.top_k == 0 and params.top_p >= 1.0:  # no filter: no sort
+        return torch.softmax(logits.double() / params.temperature, dim=-1)
     out = torch.zeros(logits.shape[-1], dtype=torch.float64)
     if params.temperature == 0:
         out[int(logits.argmax())] = 1.0
@@ -96,6 +98,12 @@ def make_drafts(mtp_logits: torch.Tensor, sampler: Sampler, history: list[int], 
 def accept(target_logits: torch.Tensor, draft: Draft, sampler: Sampler, history: list[int]) -> list[int]:
     """Verify one sequence's drafts against its main-head logits [k + 1, V] (row i: after the pending
     token and the first i drafts). Returns the emitted tokens: the accepted drafts and one more."""
+    if draft.q is None and sampler.params.repetition_penalty == 1.0:  # plain greedy: one argmax call
+        choices = target_logits.argmax(dim=-1).tolist()
+        n = 0
+        while n < len(draft.tokens) and draft.tokens[n] == choices[n]:
+            n += 1
+        return draft.tokens[:n] + [choices[n]]
     seen = list(history)
     out: list[int] = []
     for i, d in enumerate(draft.tokens):
