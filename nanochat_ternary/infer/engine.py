@@ -129,6 +129,35 @@ class Engine:
             s.last_z = z[j].clone()
         return self.net.head(z)
 
+    @torch.no_grad()
+    def verify_batch(self, states: list[SeqState], token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append token_lists[j] to states[j], every sequence in ONE forward (speculative decoding in
+        the server, speculative_batch.py); returns (logits, trunk states z) of all rows in order,
+        [sum of lengths, V] and [sum of lengths, D]. Attention-only models (rows of one sequence
+        attend to each other's keys, written before any row attends: kv_cache.attend)."""
+        if self.deltanet is not None:
+            raise EngineInputError("verify_batch needs a pure-attention model (a Gated DeltaNet state is per step)")
+        if len(states) != len(token_lists) or len({s.slot for s in states}) != len(states):
+            raise EngineInputError("verify_batch needs one token list per distinct sequence state")
+        ids = torch.cat([self._check(toks, s.length) for s, toks in zip(states, token_lists)])
+        slots = torch.cat([torch.full((len(t),), s.slot, dtype=torch.long) for s, t in zip(states, token_lists)])
+        pos = torch.cat([torch.arange(s.length, s.length + len(t)) for s, t in zip(states, token_lists)])
+        self.pool.ensure_length(int(pos.max()) + 1)
+        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv))
+        end = 0
+        for s, toks in zip(states, token_lists):
+            end += len(toks)
+            s.length += len(toks)
+            s.last_z = z[end - 1].clone()
+        return self.net.head(z), z
+
+    @torch.no_grad()
+    def mtp_logits_batch(self, z: torch.Tensor) -> torch.Tensor:
+        """MTP head logits [B, n_mtp, V] from trunk states z [B, D], in one call."""
+        if not self.n_mtp:
+            raise EngineInputError(f"{self.model_file}: the model has no MTP heads")
+        return self.net.mtp_logits(z)
+
     def forward_logits(self, tokens: list[int]) -> torch.Tensor:
         """Full forward over `tokens` from an empty context: float32 logits [T, V]."""
         state = self.new_state()

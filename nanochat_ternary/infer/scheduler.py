@@ -8,7 +8,9 @@ scheduling, https://www.usenix.org/conference/osdi22/presentation/yu):
 2. admit waiting requests into free slots (up to `max_batch`), prefill each, sample its first
    token;
 3. one batched `engine.decode` for every active sequence, then one batched sampling call in which
-   each sequence draws from its own Sampler.
+   each sequence draws from its own Sampler. Requests that speculate (`speculative`, or the
+   scheduler's default) instead feed their MTP-head drafts in that same forward and keep the
+   accepted ones (speculative_batch.py: lossless for sampled requests, exact for greedy ones).
 
 Each generated token becomes an `Event` pushed into the request's asyncio queue with
 `loop.call_soon_threadsafe`, so the HTTP layer just awaits its queue. Every request samples
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import NanochatError
+from . import speculative_batch as spec
 from .sampling import Sampler, SamplingParams, sample_batch
 from .stream import TextStream
 
@@ -44,6 +47,7 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     stop: list[str] = field(default_factory=list)  # stop strings (excluded from the output)
     ignore_eos: bool = False  # keep going through stop tokens (benchmarks want fixed lengths)
+    speculative: bool | None = None  # draft with the MTP heads (None: the scheduler's default)
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ def _release(state: Any) -> None:
 class Scheduler:
     """Owns an Engine in a background thread; see the module docstring."""
 
-    def __init__(self, engine: Any, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, engine: Any, max_batch: int = 8, max_queue: int = 64, speculative: bool = False):
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
         self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
@@ -131,6 +135,11 @@ class Scheduler:
         self.decode_steps_total = 0
         self.cancelled_total = 0
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, Event]]] = {}
+        # speculative decoding (speculative_batch.py): the default for requests that do not say;
+        # models that cannot speculate (no MTP heads, DeltaNet layers) decode every request plainly
+        self.can_speculate = spec.supported(engine)
+        self.speculative = speculative
+        self.spec = spec.SpecCounters()
 
     # ---- public API ------------------------------------------------------------------------
     @property
@@ -268,9 +277,20 @@ class Scheduler:
             self._active.append(seq)
         self._sample(seq, logits)
 
+    def _drafts_for(self, seq: _Sequence) -> int:
+        req = seq.handle.request
+        wanted = self.speculative if req.speculative is None else req.speculative
+        if not (wanted and self.can_speculate):
+            return 0
+        return spec.draft_count(self.engine.n_mtp, seq.state.length, self.engine.n_ctx, req.max_tokens - seq.generated)
+
     def _decode_step(self) -> None:
         batch = list(self._active)
         self.batch_size = len(batch)
+        counts = [self._drafts_for(s) for s in batch]
+        if any(counts):
+            self._speculative_step(batch, counts)
+            return
         try:
             logits = self.engine.decode([s.state for s in batch], [s.last_token for s in batch])
         except Exception as e:
@@ -287,6 +307,41 @@ class Scheduler:
             return
         for seq, token in zip(batch, tokens):
             self._on_token(seq, token)
+
+    def _speculative_step(self, batch: list[_Sequence], counts: list[int]) -> None:
+        """One verify forward for the whole batch: drafting sequences feed [x, drafts], the others [x]."""
+        drafts: list[spec.Draft | None] = [None] * len(batch)
+        starts = [s.state.length for s in batch]
+        try:
+            drafting = [i for i, c in enumerate(counts) if c]
+            mtp = self.engine.mtp_logits_batch(torch.stack([batch[i].state.last_z for i in drafting]))[..., : self.n_sampled]
+            for row, i in enumerate(drafting):
+                drafts[i] = spec.make_drafts(mtp[row], batch[i].sampler, batch[i].history, counts[i])
+            results = spec.step(self.engine, [s.state for s in batch], [s.last_token for s in batch], drafts)
+        except Exception as e:
+            log.exception("speculative decode failed")
+            for seq in batch:
+                self._finish(seq, seq.handle, Event(seq.handle.index, "", seq.generated, "error", f"decode failed: {e}"))
+            return
+        self.decode_steps_total += 1
+        for seq, draft, start, (logits, zs) in zip(batch, drafts, starts, results):
+            if draft is None:
+                self._sample(seq, logits[0])
+                continue
+            try:
+                tokens = spec.accept(logits[:, : self.n_sampled], draft, seq.sampler, seq.history)
+                spec.rollback(self.engine, seq.state, start, len(tokens) - 1, zs)
+            except Exception as e:  # a failure of one sequence must not stop the others
+                log.exception("speculative sampling failed")
+                self._finish(seq, seq.handle, Event(seq.handle.index, "", seq.generated, "error", f"sampling failed: {e}"))
+                continue
+            self.spec.steps += 1
+            self.spec.drafted += len(draft.tokens)
+            self.spec.accepted += len(tokens) - 1
+            for token in tokens:
+                self._on_token(seq, token)
+                if seq.handle.finished:
+                    break
 
     def _sample(self, seq: _Sequence, logits: torch.Tensor) -> None:
         try:

@@ -90,13 +90,14 @@ def _auth(api_key: str | None):
 
 
 def create_app(engine: Any, *, api_key: str | None = None, max_batch: int = 8, max_queue: int = 64,
-               max_body_bytes: int = 1_000_000, model_name: str | None = None) -> FastAPI:
-    """The FastAPI app serving `engine`; the scheduler thread runs while the app is up."""
+               max_body_bytes: int = 1_000_000, model_name: str | None = None, speculative: bool = False) -> FastAPI:
+    """The FastAPI app serving `engine`; the scheduler thread runs while the app is up.
+    `speculative`: requests that do not set "speculative" draft with the MTP heads."""
     name = model_name or engine.name
     tok = engine.tokenizer
     template = ChatTemplate(engine.chat_template, tok.decode_bytes([tok.bos_id]).decode(), tok.decode_bytes([tok.eos_id]).decode(),
                             origin=f"model {name!r}")
-    scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue)
+    scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, speculative=speculative)
     metrics = Metrics()
     index_html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
     started = int(time.time())
@@ -121,7 +122,8 @@ def create_app(engine: Any, *, api_key: str | None = None, max_batch: int = 8, m
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": name, "in_flight": scheduler.in_flight}
+        return {"status": "ok", "model": name, "in_flight": scheduler.in_flight,
+                "speculative": {"available": scheduler.can_speculate, "default": scheduler.speculative and scheduler.can_speculate}}
 
     @app.get("/metrics", dependencies=auth)
     async def prometheus() -> PlainTextResponse:

@@ -7,7 +7,9 @@ concurrent streaming clients (each runs a bounded number of requests, and no new
 after a per-level time limit), with `ignore_eos` so every request generates exactly
 `max_tokens`. Metrics follow vLLM's serving benchmark: TTFT (time to the first streamed text),
 TPOT (time per output token after the first, per request) and ITL (gaps between streamed
-chunks). The levels run in interleaved rounds and each reports its best.
+chunks). The levels run in interleaved rounds and each reports its best. With `speculative`
+(False, True) every level runs both ways, requests sending "speculative": false / true, and the
+report gives the speculative/plain tokens/s ratio per level (speculative_batch.py).
 
 The server runs in its own process, as deployed: clients in the server's process would share
 its interpreter lock and measure themselves as much as the server.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -123,9 +126,18 @@ def _summarise(clients: int, results: list[dict], wall: float) -> dict:
     }
 
 
+def _health(url: str) -> dict:
+    """The server's /health body ({} when it has none: then whether it can speculate is unknown)."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=10) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return {}
+
+
 def bench_serve(url: str, model: str, clients: list[int], max_tokens: int = 64, requests_per_client: int = 4,
                 time_limit_s: float = 60.0, rounds: int = 3, prompt: str = DEFAULT_PROMPT, api_key: str | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, speculative: tuple[bool, ...] = (False,)) -> dict:
     """Run every concurrency level `rounds` times, interleaved, against the server at `url`
     (http://host:port); each level reports its fastest round (background load on a shared
     machine only ever slows a round down, so the best round is the least disturbed one)."""
@@ -136,21 +148,30 @@ def bench_serve(url: str, model: str, clients: list[int], max_tokens: int = 64, 
     auth = f"Authorization: Bearer {api_key}\r\n".encode() if api_key else b""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0.8, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
-    runs: dict[int, list[dict]] = {c: [] for c in clients}
+    modes = tuple(dict.fromkeys(speculative)) or (False,)
+    runs: dict[tuple[bool, int], list[dict]] = {(m, c): [] for m in modes for c in clients}
     warm = tqdm(total=1, desc="warm-up", disable=not progress, leave=False)
     warm_body = json.dumps({**body, "max_tokens": min(8, max_tokens)}).encode()
     asyncio.run(_level(host, port, 1, warm_body, 1, time_limit_s, warm, auth))
     warm.close()
-    with tqdm(total=rounds * sum(clients) * requests_per_client, desc="bench serve", disable=not progress, leave=False) as bar:
+    with tqdm(total=rounds * len(modes) * sum(clients) * requests_per_client, desc="bench serve", disable=not progress,
+              leave=False) as bar:
         for _ in range(rounds):
-            for c in clients:
-                runs[c].append(asyncio.run(_level(host, port, c, json.dumps(body).encode(), requests_per_client,
-                                                  time_limit_s, bar, auth)))
-    levels = [max(runs[c], key=lambda lv: lv["tokens_per_s"] or 0.0) for c in clients]
+            for m, c in runs:
+                level_body = json.dumps({**body, "speculative": m}).encode()
+                runs[m, c].append({"speculative": m, **asyncio.run(_level(host, port, c, level_body, requests_per_client,
+                                                                          time_limit_s, bar, auth))})
+    best = {key: max(rs, key=lambda lv: lv["tokens_per_s"] or 0.0) for key, rs in runs.items()}
+    levels = list(best.values())
     report: dict[str, Any] = {"model": model, "url": url, "max_tokens": max_tokens, "requests_per_client": requests_per_client,
                               "rounds": rounds, "levels": levels}
-    base = next((lv for lv in levels if lv["clients"] == 1), None)
-    top = max(levels, key=lambda lv: lv["clients"])
+    report["speculative_available"] = _health(url).get("speculative", {}).get("available")
+    base_mode = modes[0]
+    base = best.get((base_mode, 1))
+    top = best[base_mode, max(clients)]
     if base and base["tokens_per_s"] and top is not base:
         report[f"throughput_ratio_{top['clients']}_to_1"] = round(top["tokens_per_s"] / base["tokens_per_s"], 2)
+    if len(modes) == 2:  # speculative over plain, per level, same rounds
+        report["speculative_speedup"] = {str(c): round(best[True, c]["tokens_per_s"] / best[False, c]["tokens_per_s"], 3)
+                                         for c in clients if best[False, c]["tokens_per_s"] and best[True, c]["tokens_per_s"]}
     return report

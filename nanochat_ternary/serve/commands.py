@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from .server import default_threads
 
 API_KEY_ENV = "NANOCHAT_API_KEY"
+SPECULATIVE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}  # bench serve --speculative
 
 
 def parse_clients(text: str) -> list[int]:
@@ -58,7 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     engine = _load_engine(args)
     app = create_app(engine, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
-                     max_body_bytes=args.max_body_bytes, model_name=args.model_name)
+                     max_body_bytes=args.max_body_bytes, model_name=args.model_name, speculative=args.speculative)
+    if args.speculative and not app.state.scheduler.can_speculate:
+        print(f"warning: --speculative ignored: {engine.name} has no MTP heads or has Gated DeltaNet layers; decoding plainly")
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {args.host} without an API key (set --api-key or {API_KEY_ENV})")
     print(f"serving {engine.name} on http://{args.host}:{args.port}  (chat page at /, API at /v1)")
@@ -78,7 +81,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     clients = parse_clients(args.clients)
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     kwargs = dict(max_tokens=args.max_tokens, requests_per_client=args.requests_per_client, time_limit_s=args.time_limit,
-                  rounds=args.rounds, api_key=api_key)
+                  rounds=args.rounds, api_key=api_key, speculative=SPECULATIVE_MODES[args.speculative])
     if args.url is not None:  # a server that is already running
         try:
             model = fetch_json(args.url, "/v1/models", api_key=api_key, timeout=30)["data"][0]["id"]
@@ -118,6 +121,9 @@ def register(sub: Any, bench: Any) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch before 429")
     p.add_argument("--max-body-bytes", type=positive_int("--max-body-bytes"), default=1_000_000)
     p.add_argument("--model-name", default=None, help="the id clients use (default: the GGUF's general.name)")
+    p.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=False,
+                   help="draft with the model's MTP heads for requests that do not set \"speculative\" (default off: "
+                        "on a 2-core CPU the e2e model serves fewer tokens/s with it, see README)")
     p.set_defaults(func=cmd_serve)
 
     b = bench.add_parser("serve", help="throughput/latency of the HTTP server at several concurrency levels")
@@ -128,5 +134,7 @@ def register(sub: Any, bench: Any) -> None:
     b.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=64)
     b.add_argument("--requests-per-client", type=positive_int("--requests-per-client"), default=4)
     b.add_argument("--rounds", type=positive_int("--rounds"), default=3, help="interleaved repetitions; each level reports its best")
+    b.add_argument("--speculative", choices=sorted(SPECULATIVE_MODES), default="both",
+                   help="requests with speculation off, on, or both (each level measured both ways, interleaved)")
     b.add_argument("--time-limit", type=float, default=60.0, help="seconds per level after which no new request starts")
     b.set_defaults(func=cmd_bench_serve)

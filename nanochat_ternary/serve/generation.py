@@ -38,6 +38,7 @@ class Job:
     stop: list[str]
     ignore_eos: bool
     include_usage: bool
+    speculative: bool | None = None  # None: the server's default (--speculative)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -63,7 +64,7 @@ class Generation:
             params = SamplingParams(**{**job.params.__dict__})
             if params.seed is not None:
                 params.seed += i  # distinct, reproducible choices for n > 1
-            req = GenerationRequest(job.prompts[i // job.n], job.max_tokens, params, job.stop, job.ignore_eos)
+            req = GenerationRequest(job.prompts[i // job.n], job.max_tokens, params, job.stop, job.ignore_eos, job.speculative)
             try:
                 self.handles.append(self.scheduler.submit(req, self.queue, index=i))
             except QueueFull as e:

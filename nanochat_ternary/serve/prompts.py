@@ -55,7 +55,8 @@ def _job(req: GenerationFields, chat: bool, model: str, prompts: list[list[int]]
         repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
         seed=req.seed,
     )
-    return Job(chat, model, prompts, req.n or 1, max_tokens, params, req.stop_list(), bool(req.ignore_eos), req.include_usage())
+    return Job(chat, model, prompts, req.n or 1, max_tokens, params, req.stop_list(), bool(req.ignore_eos), req.include_usage(),
+               req.speculative)
 
 
 def plan_completion(req: CompletionRequest, engine: Any, model_name: str) -> Job:

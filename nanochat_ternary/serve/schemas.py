@@ -58,6 +58,7 @@ class GenerationFields(_Strict):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     ignore_eos: bool | None = None  # vLLM / llama.cpp extension: generate through stop tokens
+    speculative: bool | None = None  # our extension: draft with the MTP heads (null: the server's --speculative)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
