@@ -39,9 +39,13 @@ def head_sums(head: Callable, h: torch.Tensor, targets: torch.Tensor, with_entro
     """(sum of -log p(target), sum of the predictive entropy) over the rows of h [N, D].
 
     `head` maps hidden states to logits (the tied LM head). Each chunk's work is checkpointed
-    when gradients are on; without them it simply runs chunk by chunk.
+    when gradients are on; without them it simply runs chunk by chunk. `chunk_tokens` 0: the
+    loss as it was before chunking (all rows at once, logits kept for the backward), for
+    measuring what chunking saves (`nanochat bench train --memory`).
     """
     n = h.shape[0]
+    if chunk_tokens == 0:
+        return _chunk_sums(head, h, targets, with_entropy)
     chunk = chunk_tokens or default_chunk_tokens(vocab_size or 1)
     nll = h.new_zeros((), dtype=torch.float32)
     ent = h.new_zeros((), dtype=torch.float32)

@@ -25,6 +25,10 @@ def cmd_params(args) -> int:
     counts = count_params(model)
     counts["flops_per_token"] = flops_per_token(cfg.model, cfg.training.seq_length)
     counts["config"] = args.config
+    from .memory_estimate import estimate_memory
+    from .memory_report import memory_lines
+
+    counts["memory"] = estimate_memory(cfg)  # expected training memory on one GPU (memory_estimate.py)
     if args.json:
         print(json.dumps(counts))
     else:
@@ -32,6 +36,7 @@ def cmd_params(args) -> int:
         for key in ("total", "active", "non_embedding", "embedding", "mtp", "linear_weights"):
             print(f"  {key:<16} {counts[key]:>15,}  ({counts[key] / 1e6:,.1f}M)")
         print(f"  {'train FLOPs/token':<16} {counts['flops_per_token']:>15,.0f}")
+        print("\n".join(memory_lines(counts["memory"])))
     return 0
 
 
@@ -97,7 +102,7 @@ def cmd_bench_train(args) -> int:
 
 
 def register(sub, bench) -> None:
-    p = sub.add_parser("params", help="count a config's parameters (built on the meta device)")
+    p = sub.add_parser("params", help="count a config's parameters and estimate its training memory (built on the meta device)")
     _config_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)

@@ -11,6 +11,9 @@ code saves, with no change here. Two corrections to that trace:
   T x T attention matrix that no real kernel (flash / memory-efficient, on CPU and CUDA) keeps;
   the trace runs the flash kernel's meta function instead (output + log-sum-exp).
 - With bf16 autocast (CUDA) most saved tensors are bf16: the trace then runs the model in bf16.
+- MoE routing is data-dependent (per-expert counts), which meta tensors cannot give: the trace
+  runs each MoE layer with balanced routing, N k / E rows per expert (what the load-balancing
+  loss aims at; capacity lets one expert take up to expert_capacity_factor times that).
 
 Terms, in bytes:
   weights    4 P (float32 master weights; autocast keeps them float32)
@@ -20,7 +23,8 @@ Terms, in bytes:
   activations  every block's saved tensors; with gradient checkpointing, each block's input plus
              the largest block's saved tensors (recomputed one block at a time in backward)
   loss       the hidden states the loss keeps plus one chunk's logits and their temporaries
-             (chunked_head.py)
+             (chunked_head.py); with `full_logits` (chunk_tokens 0: the loss before chunking) every
+             head's saved [B T, V] float32 log-probabilities and one head's backward temporaries
   backward   the gradients of one block's intermediates while it is back-propagated (and its
              recomputation with checkpointing): BACKWARD_BLOCKS x the largest block's saved bytes,
              a factor measured on CPU (tiny config: real saved tensors match the trace within 3%,
@@ -50,6 +54,10 @@ BUDGETS_GB = {"nano": 4, "small": 16, "medium": 48}
 # product, and the gradients of two of them.
 LOSS_CHUNK_TEMPS = 6
 BACKWARD_BLOCKS = 2
+# Without chunking: [B T, V] float32 tensors saved per head (log-probabilities; the main head also
+# its exp for the entropy term), and those alive in one head's backward.
+FULL_LOGITS_SAVED = {"main": 2, "mtp": 1}
+FULL_LOGITS_BACKWARD = 3
 
 
 def _flash_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -76,9 +84,37 @@ def _saved_bytes_counter(sizes: dict):
         F.scaled_dot_product_attention = real_sdpa
 
 
+def _balanced_moe_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """model/moe.py's MoE.forward in meta shapes: the same modules and ops, balanced routing."""
+    shape, D = x.shape, x.shape[-1]
+    x = x.reshape(-1, D)
+    N, E, k = x.shape[0], self.num_experts, self.top_k
+    probs = torch.softmax(F.linear(x.float(), self.router.weight.float()), dim=-1)
+    top_p, _ = probs.topk(k, dim=-1)
+    per = -(-N * k // E)
+    token = torch.zeros(per * E, dtype=torch.long, device=x.device)
+    rows = x[token]
+    weight = (top_p / top_p.sum(-1, keepdim=True)).reshape(-1)[:1].expand(per * E)
+    y = torch.cat([expert(chunk) for expert, chunk in zip(self.experts, rows.split(per))]) * weight.to(x.dtype)[:, None]
+    self.aux_loss, self.stats = None, {}
+    return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype)).view(shape)
+
+
+@contextlib.contextmanager
+def _meta_moe():
+    from ..model.moe import MoE
+
+    real = MoE.forward
+    MoE.forward = _balanced_moe_forward
+    try:
+        yield
+    finally:
+        MoE.forward = real
+
+
 def _traced(fn, *args) -> tuple[int, object]:
     sizes: dict = {}
-    with _saved_bytes_counter(sizes):
+    with _saved_bytes_counter(sizes), _meta_moe():
         out = fn(*args)
     return sum(sizes.values()), out
 
@@ -89,20 +125,27 @@ def activation_bytes(model: GPT, batch: int, seq: int, dtype: torch.dtype) -> di
     n, D = cfg.mhc_n_streams, cfg.hidden_dim
     x = torch.zeros((n, batch, seq, D) if n > 1 else (batch, seq, D), device="meta", dtype=dtype, requires_grad=True)
     cos, sin = model.rope_cos[:seq].to(dtype), model.rope_sin[:seq].to(dtype)
-    per_block = []
+    per_block, by_kind = [], {}
     for block in model.blocks:
-        nbytes, x = _traced(block, x, cos, sin)
-        per_block.append(nbytes)
+        # blocks of one kind (token mixer, FFN) save the same shapes: trace one of each (meta
+        # ops run through Python references, ~1 ms each, so a 28-layer MoE would take ~30 s)
+        kind = (type(block.attn), type(block.ffn))
+        if kind not in by_kind:
+            by_kind[kind], x = _traced(block, x, cos, sin)
+        per_block.append(by_kind[kind])
     z = x.mean(dim=0) if n > 1 else x
     heads, _ = _traced(lambda z: [model.norm(z)] + [m(z) for m in model.mtp], z)
     return {"blocks": per_block, "block_input": x.numel() * x.element_size(), "heads": heads}
 
 
 def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = None, dtype: str | None = None,
-                    gradient_checkpointing: bool | None = None, use_8bit_optim: bool | None = None) -> dict:
-    """Expected peak training memory (bytes and GiB) of `cfg`; arguments override the config."""
+                    gradient_checkpointing: bool | None = None, use_8bit_optim: bool | None = None,
+                    full_logits: bool = False) -> dict:
+    """Expected peak training memory (bytes and GiB) of `cfg` on one device; arguments override
+    the config. `batch`: rows per forward (default: training.micro_batch_size, or the whole
+    training.batch_size when it is 0). `full_logits`: the loss without chunking (chunk_tokens 0)."""
     m, t = cfg.model, cfg.training
-    B, T = batch or t.batch_size, seq or t.seq_length
+    B, T = batch or t.micro_batch_size or t.batch_size, seq or t.seq_length
     if dtype is None:
         dtype = "bfloat16" if cfg.hardware.dtype in ("auto", "bfloat16") else "float32"  # auto: bf16 on CUDA
     ckpt = t.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
@@ -124,6 +167,9 @@ def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = Non
     loss_inputs = (2 * n_heads - 1) * B * T * m.hidden_dim * elem
     chunk = min(default_chunk_tokens(m.vocab_size), B * T)
     loss = loss_inputs + LOSS_CHUNK_TEMPS * chunk * m.vocab_size * 4
+    if full_logits:
+        saved = FULL_LOGITS_SAVED["main"] + (n_heads - 1) * FULL_LOGITS_SAVED["mtp"]
+        loss = loss_inputs + (saved + FULL_LOGITS_BACKWARD) * B * T * m.vocab_size * 4
     largest = max(p.numel() for p in params)
     optim_step = 3 * 4 * largest  # dequantised / Newton-Schulz working copies of one parameter
     terms = {
@@ -137,7 +183,7 @@ def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = Non
     }
     peak = sum(terms.values())
     out = {
-        "batch_size": B, "seq_length": T, "dtype": dtype, "gradient_checkpointing": ckpt, "use_8bit_optim": eight_bit,
+        "micro_batch_size": B, "batch_size": t.batch_size, "seq_length": T, "full_logits": full_logits, "dtype": dtype, "gradient_checkpointing": ckpt, "use_8bit_optim": eight_bit,
         "params": P, "bytes": terms | {"peak": peak},
         "alternatives": {
             "activations_without_checkpointing": full,
