@@ -157,6 +157,6 @@ def test_mhc_command_reports_routing_and_refuses_a_gguf(trained, tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["n_streams"] == 2 and len(m["layers"]) == 1 and m["tokens"] == 64
     row = m["layers"][0]
-    assert row["res_logit_moved"] > 0 and -1 <= row["stream_cosine"] <= 1 + 1e-6 and "stream cos" in r.stdout
+    assert row["post_logit_moved"] > 0 and -1 <= row["stream_cosine"] <= 1 + 1e-6 and "stream cos" in r.stdout
     r = _cli("eval", "mhc", "--model", str(gguf), "--output", str(tmp_path / "g.json"))
     assert r.returncode != 0 and "not a GGUF" in r.stderr and not (tmp_path / "g.json").exists()

@@ -6,7 +6,7 @@ from nanochat_ternary.config import config_from_dict
 from nanochat_ternary.eval.mhc_analysis import analyse, routing_drift, stream_cosines
 from nanochat_ternary.model.gpt import GPT
 
-MODEL = {"hidden_dim": 64, "num_layers": 3, "num_heads": 2, "num_kv_heads": 1, "ffn_mult": 2.0,
+MODEL = {"hidden_dim": 256, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "ffn_mult": 2.0,
          "max_seq_len": 64, "vocab_size": 128, "use_mtp": False}
 
 

@@ -165,7 +165,7 @@ def test_mhc_routing_logits_get_their_own_lr_and_no_decay():
     from nanochat_ternary.config import ModelConfig
     from nanochat_ternary.model.gpt import GPT
 
-    model = GPT(ModelConfig(vocab_size=64, hidden_dim=32, num_layers=2, num_heads=2, num_kv_heads=1,
+    model = GPT(ModelConfig(vocab_size=64, hidden_dim=256, num_layers=2, num_heads=4, num_kv_heads=2,
                             max_seq_len=16, mhc_n_streams=2, use_mtp=False))
     tcfg = TrainingConfig(learning_rate=0.02, lion_lr_mult=0.1, lion_weight_decay=0.1, mhc_lr_mult=10.0)
     _, lion = build_optimizers(model, tcfg)
