@@ -86,6 +86,7 @@ class TrainingConfig:
     muon_ns_steps: int = 5  # Newton–Schulz iterations; its cost does not shrink with the batch
     lion_lr_mult: float = 0.05
     lion_weight_decay: float = 0.1
+    mhc_lr_mult: float = 1.0  # mHC routing logits: Lion's lr times this (train/optim.py: Lion moves a logit <= lr a step)
     lion_betas: tuple = (0.9, 0.99)
     schedule_type: str = "wsd"
     stable_ratio: float = 0.8
@@ -244,6 +245,8 @@ def validate(cfg: Config) -> None:
         raise bad("training.seq_length", f"({t.seq_length}) exceeds model.max_seq_len ({m.max_seq_len})")
     if t.micro_batch_size < 0 or (t.micro_batch_size and t.batch_size % t.micro_batch_size):
         raise bad("training.micro_batch_size", f"({t.micro_batch_size}) must be 0 or divide training.batch_size ({t.batch_size})")
+    if t.mhc_lr_mult <= 0:
+        raise bad("training.mhc_lr_mult", "must be positive")
     if t.max_hours < 0:
         raise bad("training.max_hours", "must not be negative (0 turns the budget off)")
     if t.learning_rate <= 0:

@@ -147,3 +147,16 @@ def test_compile_and_humaneval_commands_write_json(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     h = json.loads((tmp_path / "h.json").read_text())
     assert len(h["results"]) == 6 and {"pass@1", "pass@2"} <= h.keys() and "mean" in r.stdout
+
+
+def test_mhc_command_reports_routing_and_refuses_a_gguf(trained, tmp_path):
+    run, gguf, folder = trained
+    r = _cli("eval", "mhc", "--model", str(run), "--data", str(folder), "--max-tokens", "64", "--window", "32",
+             "--output", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["n_streams"] == 2 and len(m["layers"]) == 1 and m["tokens"] == 64
+    row = m["layers"][0]
+    assert row["post_logit_moved"] > 0 and -1 <= row["stream_cosine"] <= 1 + 1e-6 and "stream cos" in r.stdout
+    r = _cli("eval", "mhc", "--model", str(gguf), "--output", str(tmp_path / "g.json"))
+    assert r.returncode != 0 and "not a GGUF" in r.stderr and not (tmp_path / "g.json").exists()

@@ -149,12 +149,38 @@ def test_build_optimizers_splits_params():
     assert set(in_lion) == expected_lion and id(model.embed.weight) in expected_lion
     assert len(in_muon) + len(in_lion) == len(set(in_muon) | set(in_lion))  # no parameter twice
     assert id(model.frozen) not in in_muon + in_lion
-    (mg,), (lg,) = muon.param_groups, lion.param_groups
+    (mg,), (lg, lk) = muon.param_groups, lion.param_groups
     assert mg["initial_lr"] == mg["lr"] == 0.02 and mg["momentum"] == 0.9 and mg["weight_decay"] == 0.01
     assert lg["initial_lr"] == pytest.approx(0.001) and lg["betas"] == (0.8, 0.95) and lg["weight_decay"] == 0.1
+    # only the matrices (embeddings) decay; norm gains, biases, 0-D gains and other vectors do not
+    assert {id(p) for p in lg["params"]} == {id(model.embed.weight), id(model.wte2.weight)}
+    assert lk["weight_decay"] == 0.0 and lk["initial_lr"] == lg["initial_lr"]
+    assert {id(model.norm.weight), id(model.gain), id(model.proj.bias), id(model.mhc_logits)} == {id(p) for p in lk["params"]}
 
     set_lr([muon, lion], 0.5)
     assert mg["lr"] == 0.01 and lg["lr"] == pytest.approx(0.0005)
+
+
+def test_mhc_routing_logits_get_their_own_lr_and_no_decay():
+    from nanochat_ternary.config import ModelConfig
+    from nanochat_ternary.model.gpt import GPT
+
+    model = GPT(ModelConfig(vocab_size=64, hidden_dim=256, num_layers=2, num_heads=4, num_kv_heads=2,
+                            max_seq_len=16, mhc_n_streams=2, use_mtp=False))
+    tcfg = TrainingConfig(learning_rate=0.02, lion_lr_mult=0.1, lion_weight_decay=0.1, mhc_lr_mult=10.0)
+    _, lion = build_optimizers(model, tcfg)
+    route = lion.param_groups[-1]
+    routing = {id(p) for b in model.blocks for p in b.mhc.parameters()}
+    assert {id(p) for p in route["params"]} == routing and len(routing) == 6
+    assert route["initial_lr"] == pytest.approx(0.02) and route["weight_decay"] == 0.0
+    assert all(id(p) not in routing for g in lion.param_groups[:-1] for p in g["params"])
+    # one Lion step moves every routing logit by exactly its lr (sign update), 10x the others' lr
+    before = {id(p): p.detach().clone() for b in model.blocks for p in b.mhc.parameters()}
+    model(torch.randint(0, 64, (2, 16))).float().logsumexp(-1).mean().backward()
+    set_lr([lion], 1.0)
+    lion.step()
+    moved = [float((p.detach() - before[id(p)]).abs().max()) for b in model.blocks for p in b.mhc.parameters()]
+    assert max(moved) == pytest.approx(0.02, rel=1e-4)
 
 
 def test_optimizer_state_bytes():

@@ -1,4 +1,4 @@
-"""CLI: `nanochat eval bpb`, `nanochat eval compile`, `nanochat eval humaneval-rs`.
+"""CLI: `nanochat eval bpb`, `nanochat eval compile`, `nanochat eval humaneval-rs`, `nanochat eval mhc`.
 
 Each prints a table and writes its full result (per-item details included) as JSON to --output.
 """
@@ -72,6 +72,42 @@ def cmd_humaneval(args) -> int:
     return 0
 
 
+def cmd_mhc(args) -> int:
+    from ..errors import FormatError
+    from ..train.sample import load_model
+    from .mhc_analysis import analyse, validation_windows
+
+    if Path(args.model).suffix == ".gguf":
+        raise FormatError(f"{args.model}: eval mhc reads a training checkpoint (the routing logits), not a GGUF")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model, tok, step_dir = load_model(args.model)
+    data = args.data
+    if data is None:
+        from ..train.checkpoint import load_checkpoint
+
+        data = load_checkpoint(step_dir).meta.get("data_dir")
+    tokens = validation_windows(data, tok, args.window, args.max_tokens) if data and model.cfg.mhc_n_streams > 1 else None
+    r = analyse(model, tokens)
+    r["model"] = str(step_dir)
+    if not r["layers"]:
+        print(f"{step_dir}: n = {r['n_streams']} stream, no mHC routing to analyse")
+    else:
+        print(f"{'layer':>5} {'H_res[0,0]':>10} {'d_res':>7} {'d_pre':>7} {'d_post':>7} {'H_post':>16} "
+              f"{'logit moved':>11} {'stream cos':>10}")
+        for row in r["layers"]:
+            moved = max(row["res_logit_moved"], row["pre_logit_moved"], row["post_logit_moved"])
+            post = " ".join(f"{x:.3f}" for x in row["h_post"])
+            print(f"{row['layer']:>5} {row['h_res'][0]:>10.4f} {row['d_res']:>7.4f} {row['d_pre']:>7.4f} "
+                  f"{row['d_post']:>7.4f} {post:>16} {moved:>11.4f} {row.get('stream_cosine', float('nan')):>10.4f}")
+        print(f"composite gain {r['composite_gain']:.4f}" + (f"; stream cosines over {r['tokens']} validation tokens"
+                                                           if "tokens" in r else ""))
+    _write(r, args.output or "eval-mhc.json")
+    return 0
+
+
 def _common(p) -> None:
     p.add_argument("--model", required=True, help="a checkpoint (run folder, checkpoints/best, step_N) or a .gguf")
     p.add_argument("--output", default=None, help="where to write the JSON (default: ./eval-<command>.json)")
@@ -108,3 +144,10 @@ def register(sub, bench) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_humaneval)
+
+    p = ev.add_parser("mhc", help="how far the mHC routing moved from init; whether the streams differ")
+    _common(p)
+    p.add_argument("--data", default=None, help="validation text (default: the dataset the checkpoint was trained on)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="validation tokens for the stream cosines")
+    p.add_argument("--window", type=int, default=256)
+    p.set_defaults(func=cmd_mhc)

@@ -2,8 +2,10 @@
 
 Muon's orthogonalised update only makes sense for the hidden weight matrices (the projections
 of attention and FFN, BitLinear's latent weights). Everything else, the embedding (tied with the
-LM head), the norms, the mHC logits, biases and gates (the MoE router too), goes to Lion at `lion_lr_mult` times the
-learning rate (ARCHITECTURE.md); parameters marked `_no_weight_decay` get no weight decay.
+LM head), the norms, the mHC logits, biases and gates (the MoE router too), goes to Lion at
+`lion_lr_mult` times the learning rate (ARCHITECTURE.md). Lion's groups (`_lion_groups`): the
+embedding decays; vectors (norm gains, biases, gates) and parameters marked `_no_weight_decay` do
+not; the mHC routing logits do not and get `mhc_lr_mult` times Lion's lr (see `_lion_groups` for why).
 Every param group records its base learning rate as `initial_lr`, so the training loop scales
 all groups with one schedule multiplier (`set_lr`).
 """
@@ -69,7 +71,7 @@ def build_optimizers(model: nn.Module, tcfg: TrainingConfig) -> list[torch.optim
         lr = tcfg.learning_rate * tcfg.lion_lr_mult
         optimizers.append(
             Lion(
-                _lion_groups(lion_params, lr),
+                _lion_groups(lion_params, lr, _routing_ids(model), tcfg.mhc_lr_mult),
                 lr=lr,
                 betas=tuple(tcfg.lion_betas),
                 weight_decay=tcfg.lion_weight_decay,
@@ -79,14 +81,30 @@ def build_optimizers(model: nn.Module, tcfg: TrainingConfig) -> list[torch.optim
     return optimizers
 
 
-def _lion_groups(params: list[nn.Parameter], lr: float) -> list[dict]:
-    """Lion's param groups: parameters marked `_no_weight_decay` (Gated DeltaNet's A_log and
-    dt_bias: decay is a time scale, pulling it to 0 would change what the layer remembers) get
-    weight_decay 0; the rest use the optimizer's lion_weight_decay."""
-    decay = [p for p in params if not getattr(p, "_no_weight_decay", False)]
-    keep = [p for p in params if getattr(p, "_no_weight_decay", False)]
+def _routing_ids(model: nn.Module) -> set[int]:
+    from ..model.mhc import MHC
+
+    return {id(p) for m in model.modules() if isinstance(m, MHC) for p in m.parameters()}
+
+
+def _lion_groups(params: list[nn.Parameter], lr: float, routing: set[int] = frozenset(),
+                 routing_lr_mult: float = 1.0) -> list[dict]:
+    """Lion's param groups. Weight decay (decoupled, p -= lr * wd * p) is only for matrices (the
+    embedding): pulling a norm gain towards 0 shrinks its branch, pulling mHC logits towards 0
+    drags H_res/H_pre towards uniform mixing and H_post towards 1, and Gated DeltaNet's A_log /
+    dt_bias (`_no_weight_decay`) are time scales. The mHC logits also get their own lr: Lion's
+    update is lr * sign(.), so a logit moves at most lr per step; at Lion's usual lr (~1e-3) a
+    run of a few hundred steps cannot move H_res = sigmoid(logit) off its init, measured with
+    `nanochat eval mhc` (README "Real Rust")."""
+    def no_decay(p):
+        return p.ndim < 2 or getattr(p, "_no_weight_decay", False)
+
+    decay = [p for p in params if id(p) not in routing and not no_decay(p)]
+    keep = [p for p in params if id(p) not in routing and no_decay(p)]
+    route = [p for p in params if id(p) in routing]
     groups = [{"params": decay, "initial_lr": lr}] if decay else []
-    return groups + ([{"params": keep, "initial_lr": lr, "weight_decay": 0.0}] if keep else [])
+    groups += [{"params": keep, "initial_lr": lr, "weight_decay": 0.0}] if keep else []
+    return groups + ([{"params": route, "initial_lr": lr * routing_lr_mult, "weight_decay": 0.0}] if route else [])
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:

@@ -1,0 +1,52 @@
+"""mHC routing analysis (eval/mhc_analysis.py): drift from init and whether the streams differ."""
+
+import torch
+
+from nanochat_ternary.config import config_from_dict
+from nanochat_ternary.eval.mhc_analysis import analyse, routing_drift, stream_cosines
+from nanochat_ternary.model.gpt import GPT
+
+MODEL = {"hidden_dim": 256, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "ffn_mult": 2.0,
+         "max_seq_len": 64, "vocab_size": 128, "use_mtp": False}
+
+
+def _model(n: int) -> GPT:
+    cfg = config_from_dict({"model": {**MODEL, "mhc_n_streams": n}, "training": {"seq_length": 32}}, source="test")
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    model.init_weights(seed=0)
+    return model.eval()
+
+
+def _tokens():
+    return torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(1))
+
+
+def test_fresh_model_has_not_moved_and_its_streams_are_one_stream():
+    model = _model(2)
+    rows = routing_drift(model)
+    assert [r["layer"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert r["d_res"] == r["d_pre"] == r["d_post"] == 0.0 and r["post_logit_moved"] == 0.0
+        assert abs(r["h_res"][0] - 0.9) < 1e-6 and r["h_post"] == [1.0, 1.0]
+    # equal copies of the embedding, the same H_post on every stream: they stay identical
+    assert all(abs(c - 1.0) < 1e-5 for c in stream_cosines(model, _tokens()))
+
+
+def test_moved_post_logits_are_measured_and_split_the_streams():
+    model = _model(2)
+    with torch.no_grad():
+        model.blocks[1].mhc.post_logits.copy_(torch.tensor([1.0, -1.0]))
+        model.blocks[2].mhc.res_logits.sub_(0.5)
+    rows = routing_drift(model)
+    assert rows[0]["d_post"] == 0.0 and abs(rows[1]["post_logit_moved"] - 1.0) < 1e-6
+    assert abs(rows[1]["d_post"] - (2 * torch.sigmoid(torch.tensor(1.0)).item() - 1)) < 1e-5
+    assert rows[2]["d_res"] > 0.01 and rows[2]["d_post"] == 0.0
+    cos = stream_cosines(model, _tokens())
+    assert abs(cos[0] - 1.0) < 1e-5  # before the first moved block the streams are still equal
+    assert cos[1] < 0.999 and cos[2] < 0.999
+
+
+def test_n1_model_has_nothing_to_analyse():
+    r = analyse(_model(1), _tokens())
+    assert r["n_streams"] == 1 and r["layers"] == [] and "tokens" not in r and r["composite_gain"] == 1.0
