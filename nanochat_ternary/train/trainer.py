@@ -77,7 +77,9 @@ def train(
     ckpt = None
     if resume:
         ckpt = load_for_resume(run_dir)  # skips (with a warning) checkpoints that fail their checksums
+        asked_fsdp = cfg.training.fsdp  # how to spread a run over ranks is the resumer's choice too
         cfg = config_from_dict(ckpt.meta["config"], source=f"{ckpt.path}/meta.json")
+        cfg.training.fsdp = cfg.training.fsdp or asked_fsdp
     if steps is not None:
         cfg.training.total_steps = steps
     require_supported(cfg)
