@@ -93,6 +93,7 @@ class TrainingConfig:
     min_lr_ratio: float = 0.1
     use_8bit_optim: bool = False
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # under torchrun: shard weights, grads and states with FSDP2 (train/fsdp.py)
     align_windows: bool = True  # windows start at document starts (data/loader.py says why)
     use_async_loader: bool = True
     num_workers: int = 2

@@ -97,3 +97,43 @@ def test_batch_must_split_into_ranks_and_micro_batches():
         accumulation_steps(8, 3, 2)
     with pytest.raises(ConfigError, match="micro_batch_size"):
         load_config("configs/models/tiny.toml", ["training.batch_size=4", "training.micro_batch_size=3"])
+
+
+# FSDP2 reduce-scatters after every micro-batch, so 2 ranks x 2 micro-batches add the four partial
+# gradients in another order than the all-reduce path: float32 rounding (~1e-7) at the first
+# steps, which Lion's sign() and the ternary rounding of weights near a rounding boundary then
+# turn into whole-step differences (7e-5 relative by step 4 here). 5e-4 stays far below a wrong
+# shard or a missing average (> 1e-2).
+FSDP_RTOL = 5e-4
+
+
+def test_fsdp_two_ranks_match_one_process_and_checkpoints_resume_anywhere(tmp_path, tiny_dataset):
+    cfg = load_config("configs/models/tiny.toml", OVERRIDES)
+    one = train(cfg, data=str(tiny_dataset), run_dir=tmp_path / "one", quiet=True)
+    _torchrun(tmp_path / "fsdp", tiny_dataset, "--set", "training.fsdp=true", "--set", "training.micro_batch_size=1")
+    fsdp_losses = _logged_losses(tmp_path / "fsdp")
+    for s in range(4):
+        assert abs(one.losses[s] - fsdp_losses[s]) <= FSDP_RTOL * abs(one.losses[s]), (s, one.losses[s], fsdp_losses[s])
+    # the checkpoint holds full tensors in the one-process format: same shapes, id-keyed optimizer states
+    from nanochat_ternary.train.checkpoint import load_checkpoint
+    sharded, full = load_checkpoint(tmp_path / "fsdp/checkpoints/step_4"), load_checkpoint(tmp_path / "one/checkpoints/step_4")
+    assert {k: v.shape for k, v in sharded.model_state.items()} == {k: v.shape for k, v in full.model_state.items()}
+    assert [sorted(s["state"]) for s in sharded.optim_states] == [sorted(s["state"]) for s in full.optim_states]
+
+    # the FSDP checkpoint at step 2 resumes in 1 process, and the 1-process one resumes sharded
+    _copy_run_at(tmp_path / "fsdp", tmp_path / "fsdp_then_one", 2)
+    resumed = train(cfg, run_dir=tmp_path / "fsdp_then_one", resume=True, quiet=True)
+    _copy_run_at(tmp_path / "one", tmp_path / "one_then_fsdp", 2)
+    _torchrun(tmp_path / "one_then_fsdp", tiny_dataset, "--resume", "--set", "training.fsdp=true")
+    for losses in (resumed.losses, _logged_losses(tmp_path / "one_then_fsdp")):
+        for s in (2, 3):
+            assert abs(one.losses[s] - losses[s]) <= FSDP_RTOL * abs(one.losses[s]), (s, one.losses[s], losses[s])
+
+
+def test_fsdp_refuses_8bit_states_and_is_off_in_one_process():
+    from nanochat_ternary.train.distributed import DistInfo
+    from nanochat_ternary.train.fsdp import wants_fsdp
+    t = load_config("configs/models/tiny.toml", ["training.fsdp=true", "training.use_8bit_optim=true"]).training
+    assert not wants_fsdp(t, DistInfo())  # one process: nothing to shard over
+    with pytest.raises(ConfigError, match="use_8bit_optim"):
+        wants_fsdp(t, DistInfo(rank=0, world_size=2))

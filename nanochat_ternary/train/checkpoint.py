@@ -188,13 +188,17 @@ def _model_tensors(state_dict: dict) -> tuple[dict[str, Tensor], dict[str, str]]
 # ---------------------------------------------------------------- public API
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
-                    optimizers: list[torch.optim.Optimizer] | None, meta: dict) -> Path:
-    """Write `<run_dir>/checkpoints/step_<step>/` atomically and point `latest` at it."""
+                    optimizers: list[torch.optim.Optimizer] | None, meta: dict,
+                    states: tuple[dict, list] | None = None) -> Path:
+    """Write `<run_dir>/checkpoints/step_<step>/` atomically and point `latest` at it.
+
+    `states`: (model state_dict, optimizer state_dicts) to write instead of the objects' own,
+    e.g. the gathered full states of an FSDP run (train/fsdp.py)."""
     if step < 0:
         raise ValueError(f"save_checkpoint: step must be >= 0 (got {step})")
     ckdir = Path(run_dir) / "checkpoints"
     name = f"step_{step}"
-    tensors, aliases = _model_tensors(model.state_dict())
+    tensors, aliases = _model_tensors(states[0] if states else model.state_dict())
     body = {**meta, "step": step, "format_version": FORMAT_VERSION}
     try:
         json.dumps(body)  # fail before touching the disk
@@ -203,7 +207,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
 
     tmp = ckdir / f".tmp_{name}_{os.getpid()}"
     try:
-        _write_step(ckdir, tmp, name, tensors, aliases, optimizers, body)
+        _write_step(ckdir, tmp, name, tensors, aliases, states[1] if states else optimizers, body)
     except (OSError, SafetensorError, RuntimeError) as e:  # full disk, read-only folder, quota (torch.save and
         # safetensors report a failed write as RuntimeError / SafetensorError): the previous checkpoint is untouched
         raise write_failed(e, tmp, ckdir, name, _read_latest(ckdir)) from e
@@ -218,7 +222,7 @@ def _write_step(ckdir: Path, tmp: Path, name: str, tensors: dict, aliases: dict,
     save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", ALIASES_KEY: json.dumps(aliases)})
     written = [MODEL_FILE]
     if optimizers is not None:
-        torch.save([opt.state_dict() for opt in optimizers], tmp / OPTIM_FILE)
+        torch.save([opt if isinstance(opt, dict) else opt.state_dict() for opt in optimizers], tmp / OPTIM_FILE)
         written.append(OPTIM_FILE)
     # Sizes let load_checkpoint name a truncated file precisely.
     body["checkpoint_files"] = {f: (tmp / f).stat().st_size for f in written}

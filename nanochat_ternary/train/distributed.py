@@ -39,6 +39,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    sharded: bool = False  # FSDP2 (train/fsdp.py): backward already averages the gradient shards
 
     @property
     def is_main(self) -> bool:
@@ -115,7 +116,7 @@ def barrier(info: DistInfo) -> None:
 
 def average_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
     """Replace every gradient by its mean over the ranks (sum, then divide: gloo has no AVG)."""
-    if not info.enabled:
+    if not info.enabled or info.sharded:
         return
     for p in params:  # every rank must send the same tensors, in the same order
         if p.grad is None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import state8bit
+from .fsdp import orthogonalise
 
 # Quintic coefficients from the Muon reference implementation: they maximise the slope at 0
 # (so tiny singular values grow fast) while keeping the iteration bounded near 1.
@@ -125,7 +126,7 @@ class Muon(torch.optim.Optimizer):
                 state8bit.store(state, "momentum_buffer", p, buf, eight_bit)
                 # Nesterov: look one step ahead along the momentum, without touching p.grad.
                 update = g.lerp(buf, beta) if group["nesterov"] else buf
-                ortho = newton_schulz(update, group["ns_steps"])
+                ortho = orthogonalise(update, newton_schulz, group["ns_steps"])  # FSDP: on the full matrix
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
                 if wd:
                     p.mul_(1 - lr * wd)

@@ -7,6 +7,7 @@ resumed run continues bit for bit (CPU, fixed threads) where the interrupted one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -26,6 +27,7 @@ from ..model.moe import moe_stats
 from .accumulate import forward_backward
 from .checkpoint import prune_checkpoints, save_checkpoint
 from .data_source import resolve_data
+from . import fsdp
 from .distributed import accumulation_steps, barrier, init_distributed, max_over_ranks, shutdown_distributed
 from .loss import compute_loss
 from .optim import build_optimizers, set_lr
@@ -75,7 +77,9 @@ def train(
     ckpt = None
     if resume:
         ckpt = load_for_resume(run_dir)  # skips (with a warning) checkpoints that fail their checksums
+        asked_fsdp = cfg.training.fsdp  # how to spread a run over ranks is the resumer's choice too
         cfg = config_from_dict(ckpt.meta["config"], source=f"{ckpt.path}/meta.json")
+        cfg.training.fsdp = cfg.training.fsdp or asked_fsdp
     if steps is not None:
         cfg.training.total_steps = steps
     require_supported(cfg)
@@ -107,6 +111,9 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
     model.init_weights(t.seed)
     model.to(dev)
     model.gradient_checkpointing = t.gradient_checkpointing
+    if fsdp.wants_fsdp(t, dist_info):  # FSDP2: each rank keeps its rows of every tensor (train/fsdp.py)
+        fsdp.shard_model(model, dev, dist_info)
+        dist_info = dataclasses.replace(dist_info, sharded=True)
     optimizers = build_optimizers(model, t)
     loader = TokenLoader(
         data_dir / "train", t.batch_size, t.seq_length, seed=t.seed,
@@ -115,10 +122,13 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
         align_token=EOS_ID if t.align_windows else None, rank=dist_info.rank, world_size=dist_info.world_size,
     )
     start_step, bad_total, seconds_before = 0, 0, 0.0
-    if ckpt:
+    if ckpt and dist_info.sharded:
+        fsdp.shard_states(model, optimizers, ckpt.model_state, ckpt.optim_states)
+    elif ckpt:
         model.load_state_dict(ckpt.model_state)
         for opt, state in zip(optimizers, ckpt.optim_states or []):
             opt.load_state_dict(state)
+    if ckpt:
         loader.load_state_dict(ckpt.meta["data"])
         start_step = int(ckpt.meta["step"])
         bad_total = int(ckpt.meta.get("skipped_steps", 0))
@@ -148,8 +158,9 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
                 "data_dir": str(data_dir.resolve()), "skipped_steps": bad_total, "tokens_seen": step * tokens_per_step,
                 "train_seconds": seconds_before + time.perf_counter() - t0}
         path = run_dir / "checkpoints" / f"step_{step}"
+        states = fsdp.full_states(model, optimizers, dist_info.is_main) if dist_info.sharded else None
         if dist_info.is_main:  # rank 0 writes; the others wait until it is complete
-            path = save_checkpoint(run_dir, step, model, optimizers, meta)
+            path = save_checkpoint(run_dir, step, model, optimizers, meta, states)
             prune_checkpoints(run_dir, keep_checkpoints)
         barrier(dist_info)
         return path
@@ -173,7 +184,7 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
                                          dev, cfg.hardware.dtype, params, dist_info)
             grad_norm = float("nan")
             if ok:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.grad_clip))
+                grad_norm = fsdp.clip_grad_norm(params, t.grad_clip)
                 ok = math.isfinite(grad_norm)
             if ok:
                 for opt in optimizers:
@@ -201,7 +212,7 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
                 lr = optimizers[0].param_groups[0]["lr"]
                 logger.log(done, {f"loss/{k}": float(v) for k, v in parts.items()} | {
                     "lr": lr, "grad_norm": grad_norm, "throughput/tokens_per_sec": tps,
-                    "mhc/composite_gain": model.mhc_composite_gain(), "train/skipped_steps": bad_total} | moe_stats(model))
+                    "mhc/composite_gain": fsdp.mhc_gain(model), "train/skipped_steps": bad_total} | moe_stats(model))
                 if not quiet:
                     eta = (t.total_steps - done) * (now - t0) / max(done - start_step, 1)
                     if budget_s:
