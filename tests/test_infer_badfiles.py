@@ -38,17 +38,19 @@ def _load_error(path, mhc=None) -> str:
     return str(e.value)
 
 
-def _rewrite(src: Path, dst: Path, drop: set[str] = frozenset(), nan_tensor: str | None = None) -> Path:
-    """Copy a GGUF with the gguf package, leaving out metadata keys / poisoning one tensor."""
+def _rewrite(src: Path, dst: Path, drop: set[str] = frozenset(), nan_tensor: str | None = None,
+             fields: dict | None = None, tensors: dict | None = None) -> Path:
+    """Copy a GGUF with the gguf package, leaving out metadata keys, replacing some values or
+    tensors (`fields`, `tensors`: name -> new value), or poisoning one tensor with a NaN."""
     r = GGUFReader(src)
     w = GGUFWriter(dst, r.fields["general.architecture"].contents())
     for name, f in r.fields.items():
         if name.startswith("GGUF.") or name in drop or name == "general.architecture":
             continue
         sub = f.types[1] if f.types[0] == GGUFValueType.ARRAY else None
-        w.add_key_value(name, f.contents(), f.types[0], sub_type=sub)
+        w.add_key_value(name, (fields or {}).get(name, f.contents()), f.types[0], sub_type=sub)
     for t in r.tensors:
-        data = np.array(t.data)
+        data = (tensors or {}).get(t.name, np.array(t.data))
         if t.name == nan_tensor:
             data[0] = np.nan
         if t.tensor_type.name in ("F32", "F16"):

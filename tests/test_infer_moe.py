@@ -125,31 +125,8 @@ def test_server_answers_from_an_moe_model(built):
     assert body["usage"]["completion_tokens"] > 0 and isinstance(body["choices"][0]["text"], str)
 
 
-def _rewrite(src, dst, fields: dict | None = None, tensors: dict | None = None):
-    """Copy a GGUF, replacing metadata values (`fields`: key -> value) and tensor data (`tensors`)."""
-    from gguf import GGUFValueType, GGUFWriter
-
-    r = GGUFReader(src)
-    w = GGUFWriter(dst, r.fields["general.architecture"].contents())
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        sub = f.types[1] if f.types[0] == GGUFValueType.ARRAY else None
-        w.add_key_value(name, (fields or {}).get(name, f.contents()), f.types[0], sub_type=sub)
-    for t in r.tensors:
-        data = (tensors or {}).get(t.name, np.array(t.data))
-        if t.tensor_type.name in ("F32", "F16"):
-            w.add_tensor(t.name, data)
-        else:
-            w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return dst
-
-
 def test_reader_rejects_bad_moe_files_naming_the_field(built, tmp_path):
+    from test_infer_badfiles import _rewrite
     from nanochat_ternary.errors import FormatError
     from nanochat_ternary.infer.gguf_model import read_gguf_model
 

@@ -294,9 +294,7 @@ class Scheduler:
         try:
             logits = self.engine.decode([s.state for s in batch], [s.last_token for s in batch])
         except Exception as e:
-            log.exception("decode failed")
-            for seq in batch:
-                self._finish(seq, seq.handle, Event(seq.handle.index, "", seq.generated, "error", f"decode failed: {e}"))
+            self._fail_batch(batch, e, "decode")
             return
         self.decode_steps_total += 1
         try:  # the whole batch at once (sampling.sample_batch) ...
@@ -307,6 +305,12 @@ class Scheduler:
             return
         for seq, token in zip(batch, tokens):
             self._on_token(seq, token)
+
+    def _fail_batch(self, batch: list[_Sequence], e: Exception, what: str) -> None:
+        """A forward failed: every sequence of the batch ends with an error event."""
+        log.exception("%s failed", what)
+        for seq in batch:
+            self._finish(seq, seq.handle, Event(seq.handle.index, "", seq.generated, "error", f"decode failed: {e}"))
 
     def _speculative_step(self, batch: list[_Sequence], counts: list[int]) -> None:
         """One verify forward for the whole batch: drafting sequences feed [x, drafts], the others [x]."""
@@ -319,9 +323,7 @@ class Scheduler:
                 drafts[i] = spec.make_drafts(mtp[row], batch[i].sampler, batch[i].history, counts[i])
             results = spec.step(self.engine, [s.state for s in batch], [s.last_token for s in batch], drafts)
         except Exception as e:
-            log.exception("speculative decode failed")
-            for seq in batch:
-                self._finish(seq, seq.handle, Event(seq.handle.index, "", seq.generated, "error", f"decode failed: {e}"))
+            self._fail_batch(batch, e, "speculative decode")
             return
         self.decode_steps_total += 1
         for seq, draft, start, (logits, zs) in zip(batch, drafts, starts, results):
