@@ -62,7 +62,7 @@ def test_bench_train_moe_pair_has_equal_active_params(capsys):
     moe, dense = r["variants"]["moe_8x2"], r["variants"]["dense_active_matched"]
     # same matmul sizes per token: active parameters differ only by the router [8, D]
     assert moe["active_params"] - dense["active_params"] == 8 * 256
-    assert moe["params"] > 3 * dense["params"] - 2 * 512 * 256  # 8 experts held, 2 used
+    assert moe["params"] > 2 * dense["params"]  # 8 experts held, 2 used
     assert r["ratios"]["moe_vs_dense_step_time"] == pytest.approx(moe["step_time_s"] / dense["step_time_s"], rel=0.01)
 
 

@@ -55,7 +55,7 @@ def read_moe_layer(path, need: Callable, i: int, hp, model, projection: Callable
     b = f"blk.{i}."
     router = need(b + "ffn_gate_inp.weight")
     if tuple(int(x) for x in router.shape) not in ((hp.dim, E), (E * hp.dim,)):  # innermost first; same count, other shape
-        raise FormatError(f"{path}: tensor '{router.name}' has shape {list(router.shape)[::-1]}, expected [{E}, {hp.dim}] "
+        raise FormatError(f"{path}: tensor '{router.name}' has shape {[int(x) for x in router.shape][::-1]}, expected [{E}, {hp.dim}] "
                           f"(nanochat.expert_count = {E}, nanochat.embedding_length = {hp.dim})")
     try:
         model.norms[b + "ffn_gate_inp.weight"] = float_tensor(path, router, (E, hp.dim), False)
