@@ -140,5 +140,5 @@ def test_reader_rejects_bad_moe_files_naming_the_field(built, tmp_path):
     # the right number of values in the wrong shape ([D, E]: a transposed router)
     with pytest.raises(FormatError, match=r"blk.0.ffn_gate_inp.weight' has shape \[256, 4\], expected \[4, 256\]"):
         read_gguf_model(_rewrite(path, tmp_path / "shape.gguf", tensors={"blk.0.ffn_gate_inp.weight": np.ascontiguousarray(router.T)}))
-    with pytest.raises(FormatError, match=r"blk.0.ffn_gate_inp.weight.*has 512 values"):
+    with pytest.raises(FormatError, match=r"blk.0.ffn_gate_inp.weight' has shape \[2, 256\]"):
         read_gguf_model(_rewrite(path, tmp_path / "short.gguf", tensors={"blk.0.ffn_gate_inp.weight": router[:2].copy()}))
