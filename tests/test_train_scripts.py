@@ -62,7 +62,7 @@ def _run(script, run_dir, dataset, overrides, steps=2, interrupt=False, **env):
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own process group, as a terminal's job is
-    out, port, pid, answered = [], None, None, False
+    out, port, pid, answered, steps_seen = [], None, None, False, 0
     try:
         for line in proc.stdout:
             out.append(line)
@@ -70,7 +70,9 @@ def _run(script, run_dir, dataset, overrides, steps=2, interrupt=False, **env):
                 port, pid = int(m.group(1)), int(m.group(2))
             if line.startswith("step ") and port is not None:
                 answered = answered or _answers(port)  # TensorBoard is up while training runs
-                if interrupt:
+                steps_seen += 1
+                # on a loaded machine TensorBoard may answer a few steps late: wait for it (bounded)
+                if interrupt and (answered or steps_seen >= 40):
                     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
                     interrupt = False
         rc = proc.wait(timeout=120)
