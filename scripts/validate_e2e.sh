@@ -111,7 +111,8 @@ stage "6. quality: $COMPLETIONS programs, rustc" "$PY" -m nanochat_ternary.eval.
 stage "7. stop server" stop_server
 summary
 echo
-echo "run:         $ROOT/$RUN_DIR"
-echo "GGUF:        $ROOT/$MODEL_DIR/model.gguf (+ model.mhc)"
-echo "TensorBoard: tensorboard --logdir $ROOT/$RUN_DIR/tensorboard"
+case "$RUN_DIR" in /*) SHOWN=$RUN_DIR ;; *) SHOWN=$ROOT/$RUN_DIR ;; esac  # RUN_DIR may be absolute
+echo "run:         $SHOWN"
+echo "GGUF:        $SHOWN/export/model.gguf (+ model.mhc)"
+echo "TensorBoard: tensorboard --logdir $SHOWN/tensorboard"
 echo "e2e: all stages passed"

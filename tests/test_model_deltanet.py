@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from nanochat_ternary.config import ModelConfig, TrainingConfig
 from nanochat_ternary.model.deltanet import (
-    GatedDeltaNet, causal_conv, chunk_gated_delta_rule, deltanet_layers, gated_delta_step, naive_gated_delta_rule,
+    GatedDeltaNet, causal_conv, causal_conv_step, chunk_gated_delta_rule, deltanet_layers, gated_delta_step, naive_gated_delta_rule,
 )
 from nanochat_ternary.model.gpt import GPT
 from nanochat_ternary.train.loss import compute_loss
@@ -43,7 +43,7 @@ def test_chunked_equals_recurrent_equals_naive(T):
     s0 = torch.randn(3, 2, 16, 8, generator=torch.Generator().manual_seed(1))
     o_n, s_n = naive_gated_delta_rule(q, k, v, g, beta, s0)
     o_c, s_c = chunk_gated_delta_rule(q, k, v, g, beta, s0)
-    o_r, s_r = _recurrent(q, k, v, g, beta, s0)
+    o_r, s_r = _recurrent(q, k, v, g, beta, s0.clone())  # the step updates its state in place
     for o, s in ((o_c, s_c), (o_r, s_r)):
         assert _rel(o, o_n) < 1e-4 and _rel(s, s_n) < 1e-4
     # two chunked calls carrying the state == one call (the engine's chunked prefill)
@@ -89,6 +89,8 @@ def test_causal_conv_with_tail_continues_the_sequence():
     first = causal_conv(x[:, :5], w)
     rest = causal_conv(x[:, 5:], w, tail=x[:, 2:5])
     assert torch.allclose(torch.cat([first, rest], 1), full, atol=1e-6)
+    for t in range(3, 11):  # the decode step (one position from its window) == the full conv
+        assert torch.allclose(causal_conv_step(x[:, t - 3 : t + 1], w), full[:, t], atol=1e-6)
 
 
 @pytest.mark.parametrize("L,r", [(20, 0.2), (28, 0.3), (12, 0.5), (2, 0.5), (4, 0.99), (1, 0.5), (12, 0.0)])

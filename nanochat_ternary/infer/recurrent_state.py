@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.deltanet import causal_conv, chunk_gated_delta_rule, gated_delta_step, qkv_heads
+from ..model.deltanet import causal_conv, causal_conv_step, chunk_gated_delta_rule, gated_delta_step, qkv_heads
 
 
 @dataclass
@@ -70,12 +70,14 @@ class Recurrence:
             o, S = chunk_gated_delta_rule(q, k, v, g.t()[None], beta.t()[None], st.S[j][None])
             st.S[j] = S[0]
             return o[0].transpose(0, 1)
-        tails = torch.stack([st.tail[j] for st in self.states])  # [N, K - 1, C]
-        conv = causal_conv(mixed[:, None], conv_w, tails)[:, 0]
-        new_tails = torch.cat([tails, mixed[:, None]], dim=1)[:, 1:]
-        q, k, v = qkv_heads(conv, sp.heads, sp.dk, sp.dv)  # [N, H, d]
-        S = torch.stack([st.S[j] for st in self.states])
+        one = len(self.states) == 1  # batch-1 decode works on the sequence's own state in place
+        tails = self.states[0].tail[j][None] if one else torch.stack([st.tail[j] for st in self.states])  # [N, K - 1, C]
+        window = torch.cat([tails, mixed[:, None]], dim=1)  # [N, K, C]
+        q, k, v = qkv_heads(causal_conv_step(window, conv_w), sp.heads, sp.dk, sp.dv)  # [N, H, d]
+        S = self.states[0].S[j][None] if one else torch.stack([st.S[j] for st in self.states])
         o, S = gated_delta_step(q, k, v, g, beta, S)
         for r, st in enumerate(self.states):
-            st.S[j], st.tail[j] = S[r], new_tails[r]
+            st.tail[j] = window[r, 1:]
+            if not one:
+                st.S[j] = S[r]
         return o
