@@ -97,6 +97,8 @@ class MoEFFN:
         h = F.rms_norm(x, (x.shape[-1],), ffn_norm, eps)
         probs = torch.softmax((h[:, None, :] * self.router[None]).sum(-1), dim=-1)  # [N, E], row by row
         top_p, top_e = probs.topk(self.k, dim=-1)
+        if x.shape[0] == 1:  # batch-1 decode: no sorting or scatter; the same sums in the same order
+            return self._one_row(h, top_e[0].tolist(), (top_p / top_p.sum(-1, keepdim=True))[0], eps)
         weights = (top_p / top_p.sum(-1, keepdim=True)).reshape(-1)
         order = torch.argsort(top_e.reshape(-1), stable=True)  # assignments grouped by expert
         counts = torch.bincount(top_e.reshape(-1), minlength=len(self.experts)).tolist()
@@ -111,4 +113,13 @@ class MoEFFN:
             y = down(gate_up(h[r]), self.sub_norms[e], eps, glu=True)
             out.index_add_(0, r, y * weights[start:start + c, None])
             start += c
+        return out
+
+    def _one_row(self, h: torch.Tensor, experts: list, weights: torch.Tensor, eps: float) -> torch.Tensor:
+        """One row [1, D]: the chosen experts in ascending order (as the batched path adds them)."""
+        out = None
+        for j in sorted(range(len(experts)), key=experts.__getitem__):
+            gate_up, down = self.experts[experts[j]]
+            y = down(gate_up(h), self.sub_norms[experts[j]], eps, glu=True) * weights[j]
+            out = y if out is None else out + y
         return out
