@@ -25,10 +25,13 @@ OVERRIDES = [
     "hardware.device=cpu", "hardware.num_threads=1",
 ]
 # 1 rank and 2 ranks sum the same per-token terms in a different order (per-rank means, then the
-# mean over ranks), so they agree to float32 rounding (~1e-7 relative) at the first step; four
-# Muon steps amplify that a little. 1e-5 relative is far below any real difference (a wrong
-# rank slice or a missing average moves the loss by > 1e-2).
+# mean over ranks), so the first step agrees to float32 rounding (~1e-7 relative): RTOL, far below
+# a wrong rank slice (> 1e-2). After an update the rounding difference passes Lion's sign(), the
+# ternary rounding of weights near a boundary and, where the CPU has native bf16 (AVX-512),
+# Newton-Schulz in bf16: measured 1.8e-4 relative at step 1 (DDP) and 1.4e-3 at step 3 (FSDP)
+# on AVX-512, less on AVX2. Later steps get LATER_RTOL, under half of one step's loss change here.
 RTOL = 1e-5
+LATER_RTOL = 5e-3
 
 
 def _torchrun(run_dir, dataset, *extra, nproc=2):
@@ -50,7 +53,8 @@ def _logged_losses(run_dir) -> dict[int, float]:
 
 def _close(a: dict, b: dict, steps) -> None:
     for s in steps:
-        assert abs(a[s] - b[s]) <= RTOL * abs(a[s]), (s, a[s], b[s])
+        tol = RTOL if s == 0 else LATER_RTOL
+        assert abs(a[s] - b[s]) <= tol * abs(a[s]), (s, a[s], b[s])
 
 
 def _copy_run_at(src, dst, step):
@@ -100,11 +104,8 @@ def test_batch_must_split_into_ranks_and_micro_batches():
 
 
 # FSDP2 reduce-scatters after every micro-batch, so 2 ranks x 2 micro-batches add the four partial
-# gradients in another order than the all-reduce path: float32 rounding (~1e-7) at the first
-# steps, which Lion's sign() and the ternary rounding of weights near a rounding boundary then
-# turn into whole-step differences (7e-5 relative by step 4 here). 5e-4 stays far below a wrong
-# shard or a missing average (> 1e-2).
-FSDP_RTOL = 5e-4
+# gradients in another order than the all-reduce path: float32 rounding at the first step
+# (RTOL), then amplified as above (7e-5 relative by step 4 on AVX2, 1.4e-3 on AVX-512).
 
 
 def test_fsdp_two_ranks_match_one_process_and_checkpoints_resume_anywhere(tmp_path, tiny_dataset):
@@ -112,8 +113,8 @@ def test_fsdp_two_ranks_match_one_process_and_checkpoints_resume_anywhere(tmp_pa
     one = train(cfg, data=str(tiny_dataset), run_dir=tmp_path / "one", quiet=True)
     _torchrun(tmp_path / "fsdp", tiny_dataset, "--set", "training.fsdp=true", "--set", "training.micro_batch_size=1")
     fsdp_losses = _logged_losses(tmp_path / "fsdp")
-    for s in range(4):
-        assert abs(one.losses[s] - fsdp_losses[s]) <= FSDP_RTOL * abs(one.losses[s]), (s, one.losses[s], fsdp_losses[s])
+    _close(one.losses, fsdp_losses, range(4))
+    assert abs(one.losses[3] - one.losses[0]) > 4 * LATER_RTOL * abs(one.losses[0])  # the tolerance is below what training moves
     # the checkpoint holds full tensors in the one-process format: same shapes, id-keyed optimizer states
     from nanochat_ternary.train.checkpoint import load_checkpoint
     sharded, full = load_checkpoint(tmp_path / "fsdp/checkpoints/step_4"), load_checkpoint(tmp_path / "one/checkpoints/step_4")
@@ -126,8 +127,7 @@ def test_fsdp_two_ranks_match_one_process_and_checkpoints_resume_anywhere(tmp_pa
     _copy_run_at(tmp_path / "one", tmp_path / "one_then_fsdp", 2)
     _torchrun(tmp_path / "one_then_fsdp", tiny_dataset, "--resume", "--set", "training.fsdp=true")
     for losses in (resumed.losses, _logged_losses(tmp_path / "one_then_fsdp")):
-        for s in (2, 3):
-            assert abs(one.losses[s] - losses[s]) <= FSDP_RTOL * abs(one.losses[s]), (s, one.losses[s], losses[s])
+        _close(one.losses, losses, (2, 3))
 
 
 def test_fsdp_refuses_8bit_states_and_is_off_in_one_process():
