@@ -11,6 +11,7 @@ error says so, so that a user knows the run can still be resumed.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,20 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def file_checksums(folder: Path, names: list[str]) -> dict[str, str]:
     return {name: sha256_file(folder / name) for name in names}
+
+
+def recorded_sizes(meta: dict, meta_file: Path) -> dict[str, int]:
+    """meta.json's `checkpoint_files` ({file name: size in bytes}); {} for checkpoints written
+    before it existed. FormatError when it is anything else (a list, a string, negative sizes):
+    a hand-edited or damaged meta.json must not surface as an AttributeError or TypeError."""
+    sizes = meta.get("checkpoint_files")
+    if sizes is None:
+        return {}
+    if not isinstance(sizes, dict) or not all(
+            isinstance(k, str) and k and "/" not in k and not k.startswith(".")
+            and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in sizes.items()):
+        raise FormatError(f"{meta_file}: 'checkpoint_files' must map file names to sizes in bytes, got {json.dumps(sizes)[:80]}")
+    return sizes
 
 
 def verify_checksums(folder: Path, meta: dict) -> None:
