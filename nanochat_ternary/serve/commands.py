@@ -124,7 +124,7 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
     if not 0 <= args.malformed <= 1 or not 0 <= args.drop <= 1 or args.malformed + args.drop > 1:
         raise ConfigError(f"--malformed and --drop are fractions in 0..1 with a sum <= 1, got {args.malformed} and {args.drop}")
     kwargs = dict(requests=args.requests, clients=args.clients, time_limit_s=args.time_limit, max_tokens=args.max_tokens,
-                  malformed=args.malformed, drop=args.drop, max_body_bytes=args.max_body_bytes, seed=args.seed, api_key=api_key)
+                  malformed=args.malformed, drop=args.drop, max_body_bytes=args.max_body_bytes, retry_wait_s=args.retry_wait, seed=args.seed, api_key=api_key)
     if args.url is not None:  # a running server: its queue and body limit are its own; no RSS
         url = args.url.rstrip("/")
         report = load_test(url, _running_model(url, api_key), **kwargs)
@@ -192,6 +192,8 @@ def register(sub: Any, bench: Any) -> None:
     b.add_argument("--malformed", type=float, default=0.05, help="fraction of malformed requests")
     b.add_argument("--drop", type=float, default=0.05, help="fraction of streams the client drops after the first chunk")
     b.add_argument("--time-limit", type=float, default=300.0, help="seconds after which no new request starts")
+    b.add_argument("--retry-wait", type=float, default=1.0, help="most seconds a client waits after a 429 (it waits "
+                   "Retry-After up to this, times 0.5..1)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--output", default="bench-load.json", help="where the JSON report goes")
     b.set_defaults(func=cmd_bench_load)
