@@ -28,3 +28,11 @@ def test_bench_load_overload_mix(tmp_path, capsys):
     assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
     for words in ("5xx", "malformed -> 4xx, OpenAI shape", "429 without Retry-After", "in flight at end", "latency p50/p90/p99, 200s"):
         assert words in table
+
+
+def test_bench_load_argument_errors(capsys):
+    for argv, words in ((["bench", "load"], "bench load needs --model"),
+                        (["bench", "load", "--model", "/nonexistent/m.gguf"], "--model: file not found"),
+                        (["bench", "load", "--model", "x.gguf", "--malformed", "0.8", "--drop", "0.5"], "--malformed and --drop")):
+        assert main(argv) == 2
+        assert words in capsys.readouterr().err

@@ -8,6 +8,7 @@ shutdown exits at once with 128 + the signal number (143, 130), and `latest` sti
 import signal
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from nanochat_ternary.train.checkpoint import load_checkpoint
 from train_helpers import latest_step, start_train, train_cmd, wait_for
@@ -45,31 +46,33 @@ def _stop(data, run_dir, sig, twice: bool = False, sets=None):
     return rc, "".join(out), "".join(err)
 
 
-def test_sigterm_checkpoints_says_how_to_resume_and_resumes(tmp_path, tiny_dataset):
-    run = tmp_path / "run"
-    rc, out, err = _stop(tiny_dataset, run, signal.SIGTERM)
+def _both(*calls):
+    """Run the `_stop` calls side by side (each child pays torch's import: in parallel, once)."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(_stop, *c) for c in calls]]
+
+
+def test_sigterm_and_ctrl_c_checkpoint_say_how_to_resume_and_resume(tmp_path, tiny_dataset):
+    term, ctrl_c = tmp_path / "term", tmp_path / "ctrl_c"
+    (rc, out, err), (rc_c, out_c, err_c) = _both((tiny_dataset, term, signal.SIGTERM), (tiny_dataset, ctrl_c, signal.SIGINT))
     assert rc == 0, err
-    assert "SIGTERM received" in err and "Resume with: nanochat train" in out and "--resume" in out, out + err
-    stopped = load_checkpoint(run)
-    assert 2 <= stopped.step < STEPS and f"stopped at step {stopped.step}" in out  # the step it was in, saved
-    done = subprocess.run(train_cmd(tiny_dataset, run, stopped.step + 2, resume=True), capture_output=True, text=True, timeout=120)
+    assert rc_c == 130, err_c
+    for run, out, err, name in ((term, out, err, "SIGTERM"), (ctrl_c, out_c, err_c, "SIGINT")):
+        assert f"{name} received" in err and "Traceback" not in err, err
+        assert "Resume with: nanochat train" in out and "--resume" in out, out
+        stopped = load_checkpoint(run)
+        assert 2 <= stopped.step < STEPS and f"stopped at step {stopped.step}" in out  # the step it was in, saved
+    stopped = load_checkpoint(term).step
+    done = subprocess.run(train_cmd(tiny_dataset, term, stopped + 2, resume=True), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert f"resuming at step {stopped.step}" in done.stdout
-    assert load_checkpoint(run).step == stopped.step + 2
-
-
-def test_ctrl_c_checkpoints_and_exits_130(tmp_path, tiny_dataset):
-    rc, out, err = _stop(tiny_dataset, tmp_path / "run", signal.SIGINT)
-    assert rc == 130, err
-    assert "SIGINT received" in err and "Resume with:" in out and "Traceback" not in err
-    step = load_checkpoint(tmp_path / "run").step
-    assert f"stopped at step {step}" in out
+    assert f"resuming at step {stopped}" in done.stdout
+    assert load_checkpoint(term).step == stopped + 2
 
 
 def test_second_signal_exits_at_once_and_latest_still_loads(tmp_path, tiny_dataset):
-    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
-        run = tmp_path / sig.name
-        rc, out, err = _stop(tiny_dataset, run, sig, twice=True, sets=SLOW)
+    sigs = ((signal.SIGTERM, 143), (signal.SIGINT, 130))
+    results = _both(*[(tiny_dataset, tmp_path / sig.name, sig, True, SLOW) for sig, _ in sigs])
+    for (sig, code), (rc, out, err) in zip(sigs, results):
         assert rc == code, (rc, err)
         assert f"{sig.name} again: exiting now" in err and "Traceback" not in err
-        assert load_checkpoint(run).step >= 2  # latest names a complete checkpoint
+        assert load_checkpoint(tmp_path / sig.name).step >= 2  # latest names a complete checkpoint
