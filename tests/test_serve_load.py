@@ -12,7 +12,7 @@ def test_bench_load_overload_mix(tmp_path, capsys):
     gguf, _, _ = make_tiny_gguf(tmp_path)
     out = tmp_path / "load.json"
     rc = main(["bench", "load", "--model", str(gguf), "--requests", "150", "--threads", "1", "--output", str(out),
-               "--time-limit", "120"])
+               "--time-limit", "120", "--retry-wait", "0.2"])
     table = capsys.readouterr().out
     r = json.loads(out.read_text())
     assert rc == 0 and r["ok"], (table, r["problem_examples"])

@@ -205,14 +205,18 @@ def wait_in_flight_zero(url: str, timeout: float = 10.0) -> tuple[int | None, fl
 
 async def _drive(host: str, port: int, auth: bytes, plans: list[Planned], clients: int, time_limit_s: float,
                  retry_wait_s: float, pid: int | None, progress) -> Tally:
-    tally, deadline, next_i = Tally(), time.perf_counter() + time_limit_s, 0
+    """Each client takes the next planned request and sends it; after a 429 it waits and sends
+    the same request again. Every attempt counts towards len(plans)."""
+    tally, deadline, next_i, sent = Tally(), time.perf_counter() + time_limit_s, 0, 0
     rng = random.Random(len(plans))
 
     async def client() -> None:
-        nonlocal next_i
-        while next_i < len(plans) and time.perf_counter() < deadline:
-            req = plans[next_i]
-            next_i += 1
+        nonlocal next_i, sent
+        req = None
+        while sent < len(plans) and time.perf_counter() < deadline:
+            if req is None:
+                req, next_i = plans[next_i], next_i + 1
+            sent += 1
             t0 = time.perf_counter()
             try:
                 out = await asyncio.wait_for(_exchange(host, port, req, auth), REQUEST_TIMEOUT_S)
@@ -225,12 +229,14 @@ async def _drive(host: str, port: int, auth: bytes, plans: list[Planned], client
             if len(tally.outcomes) == min(100, len(plans)):
                 tally.rss_first_mb = server_rss_mb(pid)
             progress(1)
-            if out.status == 429:  # back off as Retry-After says (capped at retry_wait_s), with jitter
-                try:
-                    wait = min(float(out.retry_after or 0), retry_wait_s)
-                except ValueError:
-                    wait = retry_wait_s
-                await asyncio.sleep(wait * rng.uniform(0.5, 1.0))
+            if out.status != 429 or req.kind in MALFORMED:
+                req = None
+                continue
+            try:  # back off as Retry-After says (capped at retry_wait_s), with jitter, then retry
+                wait = min(float(out.retry_after or 0), retry_wait_s)
+            except ValueError:
+                wait = retry_wait_s
+            await asyncio.sleep(wait * rng.uniform(0.5, 1.0))
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return tally
