@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "nanochat_ternary.train.sft_commands",  # sft
     "nanochat_ternary.export.commands",  # export
     "nanochat_ternary.infer.commands",  # generate, bench infer
-    "nanochat_ternary.serve.commands",  # serve, bench serve
+    "nanochat_ternary.serve.commands",  # serve, bench serve, bench load
     "nanochat_ternary.fuzz.commands",  # bench fuzz
     "nanochat_ternary.data.commands",  # data fetch-debian, data build
     "nanochat_ternary.eval.commands",  # eval bpb, eval compile, eval humaneval-rs

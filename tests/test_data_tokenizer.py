@@ -110,6 +110,25 @@ def test_load_errors(tmp_path):
         Tokenizer.load(bad)
 
 
+@pytest.mark.parametrize("key,value,words", [
+    # the tokenizers library panics on both (pyo3's PanicException is a BaseException, so an
+    # `except Exception` let it through): found by `nanochat bench fuzz --format tokenizer`
+    ("normalizer", {"type": "Precompiled", "precompiled_charsmap": ""}, ["failed on it", "precompiled_charsmap"]),
+    ("truncation", {"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 5}, ["'truncation' must be null"]),
+    ("padding", {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                 "pad_type_id": 0, "pad_token": "<|endoftext|>"}, ["'padding' must be null"]),
+])
+def test_load_turns_library_panics_and_settings_into_data_error(tok, tmp_path, key, value, words):
+    doc = json.loads(tok.to_json())
+    doc[key] = value
+    bad = tmp_path / "hostile_tokenizer.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(DataError) as e:
+        Tokenizer.load(bad)
+    for w in ("hostile_tokenizer.json", *words):
+        assert w in str(e.value), str(e.value)
+
+
 def test_load_rejects_wrong_special_ids(tok, tmp_path):
     data = json.loads(tok.to_json())
     data["added_tokens"][0]["content"] = "<|other|>"

@@ -84,3 +84,5 @@ def test_fuzz_smoke(fmt, cases):
     out = fuzz(fmt, cases, seed=1)
     assert out["cases"] == cases and out["rejected"] > 0
     assert out["ok"], out["failures"]
+    if fmt == "gguf":  # the cases carry the export's .mtp sidecar: harmless mutants load as the original model
+        assert out["accepted_original"] > 0, out["by_kind"]

@@ -124,6 +124,22 @@ def test_tied_weights_round_trip(tmp_path):
     assert torch.equal(model2[1].weight, model[0].weight)
 
 
+@pytest.mark.parametrize("value", [[1, 2], "model.safetensors", 7, {"model.safetensors": "big"}, {"../x": 1}, {"optimizer.pt": -1}])
+def test_bad_checkpoint_files_field_is_format_error(tmp_path, value):
+    """Found by `nanochat bench fuzz --format checkpoint`: a non-mapping `checkpoint_files`
+    surfaced as AttributeError."""
+    from nanochat_ternary.export.checkpoint_source import load_for_export
+
+    model, opts = fresh()
+    step = save_checkpoint(tmp_path, 1, model, opts, {"config": {}})
+    meta = json.loads((step / "meta.json").read_text())
+    meta["checkpoint_files"] = value
+    (step / "meta.json").write_text(json.dumps(meta))
+    for load in (load_checkpoint, load_for_export):  # resume and export read it
+        with pytest.raises(FormatError, match="meta.json: 'checkpoint_files' must map file names to sizes"):
+            load(tmp_path)
+
+
 def test_corrupt_files_give_format_error(tmp_path):
     model, opts = fresh()
     train_steps(model, opts, 1)

@@ -78,3 +78,25 @@ def test_failed_write_keeps_previous_checkpoint(run):
     assert (ck / "latest").read_text().strip() == "step_3"
     assert load_checkpoint(run_dir).step == 3
     assert sorted(p.name for p in ck.iterdir()) == ["latest", "step_1", "step_2", "step_3"]
+
+
+def test_best_link_that_cannot_be_written_keeps_previous_best(run):
+    """`checkpoints/best/` is updated after a save; a failed update (here: the file-size limit
+    on best.json, as a full disk would) is a CheckpointWriteError and leaves the old best whole."""
+    from nanochat_ternary.train.validation import link_best, read_best
+
+    run_dir, _, _ = run
+    ck = run_dir / "checkpoints"
+    link_best(ck / "step_2", {"step": 2, "val_loss": 1.0})
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4, hard))
+    try:
+        with pytest.raises(CheckpointWriteError) as e:
+            link_best(ck / "step_3", {"step": 3, "val_loss": 0.5})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert "File too large" in str(e.value) and "previous best is unchanged" in str(e.value)
+    assert read_best(run_dir)["step"] == 2 and load_checkpoint(ck / "best").step == 2
+    assert not list(ck.glob(".tmp_*"))

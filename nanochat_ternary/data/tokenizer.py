@@ -85,6 +85,13 @@ def _build_pipeline(tok: HFTokenizer) -> None:
     tok.decoder = decoders.ByteLevel()
 
 
+def is_rust_panic(e: BaseException) -> bool:
+    """A panic inside the `tokenizers` Rust code: pyo3 raises it as `pyo3_runtime.PanicException`,
+    a BaseException (not an Exception), so `except Exception` lets it through and it would end
+    the process with a traceback. It cannot be imported by name, so it is recognised by its type."""
+    return type(e).__name__ == "PanicException"
+
+
 _PROBE = "fn main() {\n\tlet s = \"é ✓\";  // 0x1F\r\n}"
 
 
@@ -123,12 +130,25 @@ class Tokenizer:
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> "Tokenizer":
         try:
+            return cls._from_json(text, source)
+        except BaseException as e:  # noqa: BLE001 - only Rust panics are caught, see is_rust_panic
+            if not is_rust_panic(e):
+                raise
+            raise DataError(f"{source}: not a valid tokenizer.json (the tokenizers library failed on it: {e})") from None
+
+    @classmethod
+    def _from_json(cls, text: str, source: str) -> "Tokenizer":
+        try:
             hf = HFTokenizer.from_str(text)
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise DataError(f"{source}: not a valid tokenizer.json ({e})") from e
-        model = json.loads(text).get("model", {})
-        if model.get("type") != "BPE":
-            raise DataError(f"{source}: tokenizer model must be BPE, found {model.get('type')!r}")
+        doc = json.loads(text)
+        for key in ("truncation", "padding"):  # never written by train_tokenizer: they would silently cut or pad text
+            if doc.get(key) is not None:
+                raise DataError(f"{source}: '{key}' must be null (this project encodes whole texts; found {json.dumps(doc[key])[:80]})")
+        model = doc.get("model", {})
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            raise DataError(f"{source}: tokenizer model must be BPE, found {model.get('type') if isinstance(model, dict) else model!r}")
         tok = cls(hf, source)
         # a byte-level BPE is lossless; one whose pre-tokenizer/decoder was altered is not
         if tok.decode(tok.encode(_PROBE)) != _PROBE:

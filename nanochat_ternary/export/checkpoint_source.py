@@ -23,6 +23,7 @@ from ..data.tokenizer import Tokenizer
 from ..errors import FormatError
 from ..model.gpt import GPT
 from ..train.checkpoint import ALIASES_KEY, FORMAT_VERSION, META_FILE, MODEL_FILE, resolve_checkpoint
+from ..train.checkpoint_integrity import recorded_sizes
 
 
 def _read_meta(step_dir: Path) -> dict:
@@ -36,7 +37,7 @@ def _read_meta(step_dir: Path) -> dict:
     version = meta.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise FormatError(f"{file}: unsupported checkpoint format_version {version!r} (this build reads 1..{FORMAT_VERSION})")
-    size = (meta.get("checkpoint_files") or {}).get(MODEL_FILE)
+    size = recorded_sizes(meta, file).get(MODEL_FILE)
     model_file = step_dir / MODEL_FILE
     if size is not None and model_file.stat().st_size != size:
         raise FormatError(f"{model_file}: {model_file.stat().st_size} bytes, expected {size} (truncated or overwritten)")

@@ -82,8 +82,11 @@ def run_cases(target: Target, workdir: Path, cases: int, seed: int = 0, only: li
                 outcome, detail = "hang", "no answer within the alarm"
             except target.error:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            except Exception as e:  # noqa: BLE001 - counting these is the point
+            except BaseException as e:  # noqa: BLE001 - counting these is the point; a Rust panic
+                # inside `tokenizers` (pyo3's PanicException) is a BaseException, not an Exception
                 signal.setitimer(signal.ITIMER_REAL, 0)
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
                 outcome, detail = "crash", "".join(traceback.format_exception_only(type(e), e)).strip()[:300]
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)

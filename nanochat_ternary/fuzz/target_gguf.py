@@ -10,6 +10,8 @@ Mutation classes and what must happen:
 - truncate: any strict prefix -> rejected;
 - flip_header / flip_data / splice: random damage -> the documented error or a model the
   engine can run (a flipped weight is a different but valid model: GGUF has no checksum).
+The seed is a `bitnet` file with an MTP head, so every case also holds its unchanged `.mtp`
+sidecar (`model.mtp`), as an export leaves it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from gguf import GGMLQuantizationType
 
 from ..errors import FormatError
+from ..export.mtp_file import default_mtp_path
 from .gguf_fields import map_gguf
 from .mutate import INTERESTING, flip_bytes, lie, put_uint, splice, truncate
 from .runner import Case, Target
@@ -57,6 +60,10 @@ def gguf_target(seed_file: Path) -> Target:
     from ..infer.gguf_model import read_gguf_model
 
     original = seed_file.read_bytes()
+    # The exporter writes a `bitnet` model's MTP heads to a `.mtp` sidecar beside the GGUF, and the
+    # reader looks for it there: without it every case would load as a different (headless) model.
+    sidecar = default_mtp_path(seed_file)
+    beside = {default_mtp_path(Path("model.gguf")).name: sidecar.read_bytes()} if sidecar.is_file() else {}
     fmap = map_gguf(original)
     by_kind = {k: [f for f in fmap.fields if f.kind in k] for k in (("count", "length", "dim", "n_dims"), ("value_type",), ("tensor_type",), ("offset",))}
     offsets = sorted({f.value for f in by_kind[("offset",)]})
@@ -89,7 +96,7 @@ def gguf_target(seed_file: Path) -> Target:
             data = flip_bytes(rng, data, fmap.data_start, len(data), max_changes=4)
         else:
             data = splice(rng, data)
-        return Case({"model.gguf": data}, kind, must_reject=kind in ("lie", "bad_type", "offset", "version", "truncate"))
+        return Case({"model.gguf": data, **beside}, kind, must_reject=kind in ("lie", "bad_type", "offset", "version", "truncate"))
 
     def load(folder: Path):
         model = read_gguf_model(folder / "model.gguf")

@@ -1,8 +1,9 @@
-"""CLI: `nanochat serve` (the HTTP server) and `nanochat bench serve` (its benchmark).
+"""CLI: `nanochat serve` (the HTTP server), `nanochat bench serve` (its benchmark) and
+`nanochat bench load` (its overload test, loadtest.py).
 
 Why this module exists: the dispatcher in cli.py imports each stage's `register`; this one
 parses and checks the serving options and loads the Engine from a GGUF (+ .mhc) file. The
-benchmark serves the model in a child process (server.ServerProcess) or drives `--url`.
+benchmarks serve the model in a child process (server.ServerProcess) or drive `--url`.
 """
 
 from __future__ import annotations
@@ -74,34 +75,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from ..eval.api_check import fetch_json
     from .bench import bench_serve
-    from .server import ServerProcess
 
     clients = parse_clients(args.clients)
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     kwargs = dict(max_tokens=args.max_tokens, requests_per_client=args.requests_per_client, time_limit_s=args.time_limit,
                   rounds=args.rounds, api_key=api_key, speculative=SPECULATIVE_MODES[args.speculative])
     if args.url is not None:  # a server that is already running
-        try:
-            model = fetch_json(args.url, "/v1/models", api_key=api_key, timeout=30)["data"][0]["id"]
-        except (OSError, ValueError, KeyError, IndexError) as e:
-            raise ConfigError(f"--url: no OpenAI-compatible server answered at {args.url}/v1/models ({e})") from None
-        report = bench_serve(args.url.rstrip("/"), model, clients, **kwargs)
+        report = bench_serve(args.url.rstrip("/"), _running_model(args.url, api_key), clients, **kwargs)
     else:
-        if args.model is None:
-            raise ConfigError("bench serve needs --model (a GGUF to serve) or --url (a running server)")
-        _check_files(args)
-        serve_args = ["--model", str(args.model), "--max-batch", str(max(clients)), "--max-queue", str(max(clients)),
-                      "--model-name", "bench", "--threads", str(args.threads or default_threads())]
-        if args.mhc is not None:
-            serve_args += ["--mhc", str(args.mhc)]
-        # the key goes by environment, not argv (which other users can read in `ps`)
-        with ServerProcess(serve_args, env={**os.environ, API_KEY_ENV: api_key or ""}) as srv:
+        with _bench_server(args, api_key, max_batch=max(clients), max_queue=max(clients)) as srv:
             report = bench_serve(srv.url, "bench", clients, **kwargs)
         report["server_threads"] = args.threads or default_threads()
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _bench_server(args: argparse.Namespace, api_key: str | None, max_batch: int, max_queue: int, extra: list[str] = ()):
+    """`nanochat serve --model ...` as a child process on a free loopback port, serving the
+    model as "bench" (server.ServerProcess; use it with `with`)."""
+    from .server import ServerProcess
+
+    if args.model is None:
+        raise ConfigError(f"bench {args.bench} needs --model (a GGUF to serve) or --url (a running server)")
+    _check_files(args)
+    serve_args = ["--model", str(args.model), "--max-batch", str(max_batch), "--max-queue", str(max_queue),
+                  "--model-name", "bench", "--threads", str(args.threads or default_threads()), *extra]
+    if args.mhc is not None:
+        serve_args += ["--mhc", str(args.mhc)]
+    # the key goes by environment, not argv (which other users can read in `ps`)
+    return ServerProcess(serve_args, env={**os.environ, API_KEY_ENV: api_key or ""})
+
+
+def _running_model(url: str, api_key: str | None) -> str:
+    """The model id a running server (`--url`) serves."""
+    from ..eval.api_check import fetch_json
+
+    try:
+        return fetch_json(url, "/v1/models", api_key=api_key, timeout=30)["data"][0]["id"]
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise ConfigError(f"--url: no OpenAI-compatible server answered at {url}/v1/models ({e})") from None
+
+
+def cmd_bench_load(args: argparse.Namespace) -> int:
+    from .loadtest import load_test, report_table
+
+    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    if not 0 <= args.malformed <= 1 or not 0 <= args.drop <= 1 or args.malformed + args.drop > 1:
+        raise ConfigError(f"--malformed and --drop are fractions in 0..1 with a sum <= 1, got {args.malformed} and {args.drop}")
+    kwargs = dict(requests=args.requests, clients=args.clients, time_limit_s=args.time_limit, max_tokens=args.max_tokens,
+                  malformed=args.malformed, drop=args.drop, max_body_bytes=args.max_body_bytes, retry_wait_s=args.retry_wait, seed=args.seed, api_key=api_key)
+    if args.url is not None:  # a running server: its queue and body limit are its own; no RSS
+        url = args.url.rstrip("/")
+        report = load_test(url, _running_model(url, api_key), **kwargs)
+    else:  # capacity = batch slots + queue places; the clients are `--overload` times that
+        capacity = max(2, round(args.clients / args.overload))
+        max_batch = min(args.max_batch, capacity - 1)
+        extra = ["--max-body-bytes", str(args.max_body_bytes)]
+        with _bench_server(args, api_key, max_batch=max_batch, max_queue=capacity - max_batch, extra=extra) as srv:
+            report = load_test(srv.url, "bench", pid=srv.proc.pid, capacity=capacity, **kwargs)
+        report["server"] = {"max_batch": max_batch, "max_queue": capacity - max_batch, "max_body_bytes": args.max_body_bytes,
+                            "threads": args.threads or default_threads()}
+    text = json.dumps(report, indent=2)
+    Path(args.output).write_text(text + "\n")
+    print(report_table(report))
+    print(f"JSON: {args.output}")
+    return 0 if report["ok"] else 1
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -138,3 +177,23 @@ def register(sub: Any, bench: Any) -> None:
                    help="requests with speculation off, on, or both (each level measured both ways, interleaved)")
     b.add_argument("--time-limit", type=float, default=60.0, help="seconds per level after which no new request starts")
     b.set_defaults(func=cmd_bench_serve)
+
+    b = bench.add_parser("load", help="the server past its queue: 429s, malformed requests, dropped streams, memory (JSON + table)")
+    _model_args(b, required=False)
+    b.add_argument("--url", default=None, help="load this running server (http://HOST:PORT) instead of serving --model")
+    b.add_argument("--api-key", default=None, help=f"the server's API key (default: ${API_KEY_ENV})")
+    b.add_argument("--requests", type=positive_int("--requests"), default=1000, help="requests in all")
+    b.add_argument("--clients", type=positive_int("--clients"), default=32, help="concurrent clients")
+    b.add_argument("--overload", type=float, default=2.0, help="clients per place in the server (batch slots + queue)")
+    b.add_argument("--max-batch", type=positive_int("--max-batch"), default=8, help="the server's batch slots (at most capacity - 1)")
+    b.add_argument("--max-body-bytes", type=positive_int("--max-body-bytes"), default=65536,
+                   help="the server's body limit; oversize requests send more than this")
+    b.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=16)
+    b.add_argument("--malformed", type=float, default=0.05, help="fraction of malformed requests")
+    b.add_argument("--drop", type=float, default=0.05, help="fraction of streams the client drops after the first chunk")
+    b.add_argument("--time-limit", type=float, default=300.0, help="seconds after which no new request starts")
+    b.add_argument("--retry-wait", type=float, default=1.0, help="most seconds a client waits after a 429 (it waits "
+                   "Retry-After up to this, times 0.5..1)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--output", default="bench-load.json", help="where the JSON report goes")
+    b.set_defaults(func=cmd_bench_load)

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import FormatError
-from .checkpoint_integrity import CHECKSUMS_KEY, file_checksums, verify_checksums, write_failed
+from .checkpoint_integrity import CHECKSUMS_KEY, file_checksums, recorded_sizes, verify_checksums, write_failed
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -286,7 +286,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a checkpoint; any missing, truncated or corrupt file is a FormatError naming it."""
     step_dir = resolve_checkpoint(path)
     meta = _read_meta(step_dir / META_FILE)
-    for fname, size in (meta.get("checkpoint_files") or {}).items():
+    for fname, size in recorded_sizes(meta, step_dir / META_FILE).items():
         f = step_dir / fname
         if not f.is_file():
             raise FormatError(f"{f}: missing from the checkpoint")

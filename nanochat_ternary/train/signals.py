@@ -4,7 +4,8 @@ Why this module exists: a cluster's scheduler sends SIGTERM before it kills a jo
 presses Ctrl-C; both should cost at most the step in progress, not the work since the last
 periodic checkpoint. The first signal only sets a flag that the training loop reads after each
 step (so the checkpoint is written from a consistent state, never from inside a handler); a
-second signal exits at once with os._exit. That is safe because checkpoints are written to a
+second signal exits at once with os._exit(128 + signal number) (143 for SIGTERM, 130 for
+Ctrl-C: not 0, since no checkpoint of the last steps was written). That is safe because checkpoints are written to a
 temporary folder and renamed (checkpoint.py): a save cut short leaves `latest` on the previous
 complete checkpoint, and the next save removes the leftover.
 """
@@ -30,7 +31,7 @@ class GracefulStop:
         name = signal.Signals(signum).name
         if self.requested is not None:  # the second signal: leave now
             os.write(2, f"\n{name} again: exiting now without a checkpoint (the previous one is intact)\n".encode())
-            os._exit(EXIT_CODES.get(name, 1))
+            os._exit(128 + signum)  # the shell's "killed by this signal": 143 for SIGTERM, 130 for SIGINT
         self.requested = name
         os.write(2, f"\n{name} received: finishing this step and writing a checkpoint (send it again to exit at once)\n".encode())
 

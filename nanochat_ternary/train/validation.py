@@ -30,6 +30,7 @@ from ..data.token_bytes import bits_per_byte, token_byte_lengths
 from ..data.tokenizer import Tokenizer
 from ..device import autocast
 from ..errors import DataError
+from .checkpoint_integrity import CheckpointWriteError, describe_write_error
 
 BEST_DIR = "best"
 BEST_FILE = "best.json"
@@ -75,17 +76,25 @@ def read_best(run_dir: Path) -> dict | None:
 
 
 def link_best(step_dir: Path, info: dict) -> Path:
-    """Make `checkpoints/best/` a hard-linked copy of `step_dir` plus best.json; return it."""
+    """Make `checkpoints/best/` a hard-linked copy of `step_dir` plus best.json; return it.
+    A write that fails (full disk, read-only folder) leaves the previous `best/` as it was and
+    raises CheckpointWriteError saying so."""
     ckdir = step_dir.parent
     tmp = ckdir / f".tmp_{BEST_DIR}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for f in step_dir.iterdir():
-        try:
-            os.link(f, tmp / f.name)
-        except OSError:
-            shutil.copy2(f, tmp / f.name)
-    (tmp / BEST_FILE).write_text(json.dumps(info, indent=1))
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for f in step_dir.iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+        (tmp / BEST_FILE).write_text(json.dumps(info, indent=1))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(f"cannot update {ckdir / BEST_DIR} to {step_dir.name}: {describe_write_error(e, ckdir)}; "
+                                   f"{step_dir.name} itself is complete and the previous best is unchanged. "
+                                   "Free disk space or make the folder writable, then resume with --resume.") from e
     final = ckdir / BEST_DIR
     if final.exists():
         trash = ckdir / f".trash_{BEST_DIR}_{os.getpid()}"
