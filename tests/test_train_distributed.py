@@ -91,6 +91,8 @@ def test_batch_must_split_into_ranks_and_micro_batches():
     assert accumulation_steps(8, 0, 2) == (4, 1)
     assert accumulation_steps(8, 2, 2) == (2, 2)
     assert accumulation_steps(8, 1, 1) == (1, 8)
+    assert accumulation_steps(8, 4, 8) == (1, 1)  # nano's micro-batch 4 on 8 ranks: each rank's 1 row
+    assert accumulation_steps(16, 4, 8) == (2, 1)
     with pytest.raises(ConfigError, match="divisible by the number of ranks"):
         accumulation_steps(6, 0, 4)
     with pytest.raises(ConfigError, match="micro_batch_size"):
