@@ -99,6 +99,9 @@ def test_batch_must_split_into_ranks_and_micro_batches():
         accumulation_steps(8, 3, 2)
     with pytest.raises(ConfigError, match="micro_batch_size"):
         load_config("configs/models/tiny.toml", ["training.batch_size=4", "training.micro_batch_size=3"])
+    # at least the batch: the whole batch at once (nano's micro-batch 4 with --set training.batch_size=2)
+    assert load_config("configs/models/nano_125m.toml", ["training.batch_size=2"]).training.micro_batch_size == 4
+    assert accumulation_steps(2, 4, 1) == (2, 1)
 
 
 # FSDP2 reduce-scatters after every micro-batch, so 2 ranks x 2 micro-batches add the four partial

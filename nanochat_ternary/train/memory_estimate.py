@@ -94,12 +94,12 @@ def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = Non
                     full_logits: bool = False, accumulating: bool | None = None) -> dict:
     """Expected peak training memory (bytes and GiB) of `cfg` on one device; arguments override
     the config. `batch`: rows per forward (default: training.micro_batch_size, or the whole
-    training.batch_size when it is 0). `accumulating`: gradients of earlier micro-batches held
+    training.batch_size when it is 0 or larger). `accumulating`: gradients of earlier micro-batches held
     (default: when those rows are fewer than training.batch_size). `dtype`: float32 or bfloat16
     (default: bfloat16 for hardware.dtype auto, the CUDA path). `full_logits`: the loss without
     chunking (chunk_tokens 0)."""
     m, t = cfg.model, cfg.training
-    B, T = batch or t.micro_batch_size or t.batch_size, seq or t.seq_length
+    B, T = batch or min(t.micro_batch_size or t.batch_size, t.batch_size), seq or t.seq_length
     if dtype is None:
         dtype = "bfloat16" if cfg.hardware.dtype in ("auto", "bfloat16") else "float32"  # auto: bf16 on CUDA
     ckpt = t.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
