@@ -74,7 +74,7 @@ class ModelConfig:
 class TrainingConfig:
     total_steps: int = 1000
     batch_size: int = 8  # global batch of one optimizer step: ranks x micro_batch_size x accumulation steps
-    micro_batch_size: int = 0  # rows per forward on each rank; 0: the rank's whole share (no accumulation)
+    micro_batch_size: int = 0  # rows per forward on each rank; 0 (or more than its share): the rank's whole share
     seq_length: int = 256
     learning_rate: float = 0.02
     warmup_steps: int = 100
@@ -244,8 +244,10 @@ def validate(cfg: Config) -> None:
         raise bad("training.eval_interval/eval_windows", "eval_interval must be >= 0 (0: off) and eval_windows >= 1")
     if t.seq_length > m.max_seq_len:
         raise bad("training.seq_length", f"({t.seq_length}) exceeds model.max_seq_len ({m.max_seq_len})")
-    if t.micro_batch_size < 0 or (t.micro_batch_size and t.batch_size % t.micro_batch_size):
-        raise bad("training.micro_batch_size", f"({t.micro_batch_size}) must be 0 or divide training.batch_size ({t.batch_size})")
+    # a micro-batch of at least the batch is the whole batch at once (a config's micro-batch stays
+    # valid under `--set training.batch_size=...` and on more ranks)
+    if t.micro_batch_size < 0 or (0 < t.micro_batch_size < t.batch_size and t.batch_size % t.micro_batch_size):
+        raise bad("training.micro_batch_size", f"({t.micro_batch_size}) must be 0, at least training.batch_size, or divide it ({t.batch_size})")
     if t.mhc_lr_mult <= 0:
         raise bad("training.mhc_lr_mult", "must be positive")
     if t.max_hours < 0:

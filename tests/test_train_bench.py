@@ -5,18 +5,32 @@ import subprocess
 import sys
 
 
-def test_bench_train_json(tmp_path):
+def _bench(tmp_path, *args: str) -> tuple[dict, str]:
     out_file = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "nanochat_ternary.cli", "bench", "train", "--config", "configs/models/tiny.toml",
-           "--steps", "1", "--rounds", "1", "--batch-size", "1", "--seq-length", "16", "--device", "cpu",
-           "--set", "model.num_layers=1", "--output", str(out_file)]
+           "--steps", "1", "--rounds", "1", "--device", "cpu", "--output", str(out_file), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(out_file.read_text())
-    assert json.loads(proc.stdout) == result
+    return json.loads(out_file.read_text()), proc.stdout
+
+
+def test_bench_train_json(tmp_path):
+    result, stdout = _bench(tmp_path, "--batch-size", "1", "--seq-length", "16", "--set", "model.num_layers=1")
+    assert json.loads(stdout) == result
     assert set(result["variants"]) == {"bitlinear_n1", "dense_n1", "bitlinear_n2", "bitlinear_n4"}
     for v in result["variants"].values():
         assert v["step_time_s"] > 0 and v["tokens_per_sec"] > 0 and v["peak_memory_mb"] >= 0
+        assert v["estimated_peak_mb"] > 0 and "estimate_ratio" in v
     # n = 4 adds 24 + 4 + 4 routing logits per block over n = 2's 1 + 2 + 2
     assert result["variants"]["bitlinear_n4"]["params"] - result["variants"]["bitlinear_n2"]["params"] == 27
     assert set(result["ratios"]) == {"bitlinear_vs_dense", "mhc_n2_vs_n1", "mhc_n4_vs_n1"}
+
+
+def test_memory_estimate_within_20_percent_of_the_measured_peak(tmp_path):
+    """The tiny config at its own batch (4 x 128): memory_estimate.py's peak against the peak RSS
+    growth of each variant's fresh process (bench.py: freed tensors unmapped, RSS = live bytes)."""
+    result, _ = _bench(tmp_path, "--batch-size", "4", "--seq-length", "128")
+    for name, v in result["variants"].items():
+        assert v["peak_memory_mb"] > 20, name  # a real measurement, not an empty process
+        assert abs(v["estimate_ratio"] - v["estimated_peak_mb"] / v["peak_memory_mb"]) < 0.01
+        assert 0.8 <= v["estimate_ratio"] <= 1.2, (name, v["estimated_peak_mb"], v["peak_memory_mb"])

@@ -95,12 +95,17 @@ def test_batch_must_split_into_ranks_and_micro_batches():
     assert accumulation_steps(8, 0, 2) == (4, 1)
     assert accumulation_steps(8, 2, 2) == (2, 2)
     assert accumulation_steps(8, 1, 1) == (1, 8)
+    assert accumulation_steps(8, 4, 8) == (1, 1)  # nano's micro-batch 4 on 8 ranks: each rank's 1 row
+    assert accumulation_steps(16, 4, 8) == (2, 1)
     with pytest.raises(ConfigError, match="divisible by the number of ranks"):
         accumulation_steps(6, 0, 4)
     with pytest.raises(ConfigError, match="micro_batch_size"):
         accumulation_steps(8, 3, 2)
     with pytest.raises(ConfigError, match="micro_batch_size"):
         load_config("configs/models/tiny.toml", ["training.batch_size=4", "training.micro_batch_size=3"])
+    # at least the batch: the whole batch at once (nano's micro-batch 4 with --set training.batch_size=2)
+    assert load_config("configs/models/nano_125m.toml", ["training.batch_size=2"]).training.micro_batch_size == 4
+    assert accumulation_steps(2, 4, 1) == (2, 1)
 
 
 # FSDP2 reduce-scatters after every micro-batch, so 2 ranks x 2 micro-batches add the four partial

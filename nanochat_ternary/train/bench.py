@@ -6,10 +6,23 @@ median step time of each is reported, so a noisy shared machine affects them ali
 the figures to read, not the absolute times. A step is forward + backward + optimizer step on
 random tokens (the data loader is not part of what is compared).
 
-Peak memory on CUDA is the allocator's peak. On a CPU each variant runs two steps in a fresh
-process (the allocator of a process that already ran other variants would hide their memory),
-after one step of a 1-layer copy has loaded the libraries; the figure is that process's peak RSS
-(reset after the warm-up) minus its RSS before the model was built.
+Peak memory is what the variant's training adds to the process, beside memory_estimate.py's
+estimate of it ("estimated_peak_mb", and "estimate_ratio" = estimated / measured), which models
+the same run: the variant's batch x sequence in one micro-batch, float32 (bf16 where the step
+runs under bf16 autocast), checkpointing and 8-bit states as configured. Neither side holds the
+process's baseline: the estimate counts tensor bytes only, and the measurement subtracts what the
+process held before the model was built.
+
+- CUDA: the allocator's peak (`max_memory_allocated`) over the variant's warm-up steps, minus
+  what the other variants' tensors hold (all are built up front).
+- CPU: each variant runs two steps in a fresh process (the allocator of a process that already
+  ran other variants would hide their memory), after one step of a 1-layer copy has loaded the
+  libraries and thread pools (the baseline RSS, ~300 MB for torch); the figure is that process's
+  peak RSS (reset after the warm-up) minus its RSS before the model was built. glibc's malloc
+  would keep freed tensors' pages once its mmap threshold has risen (it grows to 32 MB as large
+  blocks are freed), which made RSS 1.8x the live bytes on the tiny config; the child fixes the
+  threshold at 64 KiB (mallopt), so every tensor is its own mapping, unmapped when freed, and
+  RSS follows the live tensor bytes, as the CUDA figure does.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ from ..device import autocast, resolve_device, setup_device
 from ..model.gpt import GPT, count_params
 from .bench_moe import moe_pair, moe_ratios
 from .loss import compute_loss
+from .memory_estimate import estimate_memory
 from .optim import build_optimizers
 
 VARIANTS = {
@@ -55,7 +69,7 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _warm_up(model_cfg, tcfg) -> None:
+def _warm_up(model_cfg, tcfg, use_bf16: bool) -> None:
     """One step of a 1-layer, 8-token copy: loads the kernels' libraries and thread pools, which
     belong to the process and not to the variant measured."""
     import dataclasses
@@ -63,19 +77,37 @@ def _warm_up(model_cfg, tcfg) -> None:
     small = dataclasses.replace(model_cfg, num_layers=1, vocab_size=min(model_cfg.vocab_size, 512))
     model = GPT(small)
     model.gradient_checkpointing = tcfg.gradient_checkpointing
-    opts = build_optimizers(model, tcfg)
-    loss, _ = compute_loss(model, torch.randint(0, small.vocab_size, (1, 9)), tcfg.entropy_weight, tcfg.mtp_weight)
+    _step(model, build_optimizers(model, tcfg), torch.randint(0, small.vocab_size, (1, 9)), tcfg, use_bf16)
+
+
+def _unmap_freed_tensors() -> None:
+    """glibc: serve every allocation over 64 KiB by its own mmap, returned to the OS when freed."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD; fixed, no longer dynamic
+    except (OSError, AttributeError):
+        pass  # not glibc: RSS may then hold freed pages and read higher than the live bytes
+
+
+def _step(model, opts, tokens, tcfg, use_bf16: bool) -> None:
+    """One training step as the trainer runs it: loss, backward, every optimizer, then zero grads."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        loss, _ = compute_loss(model, tokens, tcfg.entropy_weight, tcfg.mtp_weight if model.cfg.use_mtp else 0.0)
     loss.backward()
     for opt in opts:
         opt.step()
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
 
 
-def _child_peak(model_cfg: dict, training_cfg: dict, B: int, T: int, out) -> None:
+def _child_peak(model_cfg: dict, training_cfg: dict, B: int, T: int, use_bf16: bool, out) -> None:
     from ..config import ModelConfig, TrainingConfig
 
+    _unmap_freed_tensors()
     torch.set_flush_denormal(True)
     tcfg = TrainingConfig(**training_cfg)
-    _warm_up(ModelConfig(**model_cfg), tcfg)
+    _warm_up(ModelConfig(**model_cfg), tcfg, use_bf16)
     _reset_peak_rss()
     before = _rss_kb("VmRSS")
     model = GPT(ModelConfig(**model_cfg))
@@ -83,26 +115,33 @@ def _child_peak(model_cfg: dict, training_cfg: dict, B: int, T: int, out) -> Non
     opts = build_optimizers(model, tcfg)
     tokens = torch.randint(0, model.cfg.vocab_size, (B, T + 1))
     for _ in range(2):
-        loss, _ = compute_loss(model, tokens, tcfg.entropy_weight, tcfg.mtp_weight if model.cfg.use_mtp else 0.0)
-        loss.backward()
-        for opt in opts:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        _step(model, opts, tokens, tcfg, use_bf16)
     out.put((_rss_kb("VmHWM") - before) / 1024)
 
 
-def cpu_peak_memory_mb(model_cfg, training_cfg, B: int, T: int) -> float:
-    """Peak RSS growth (MB) of two training steps of this model, measured in a fresh process."""
+def cpu_peak_memory_mb(model_cfg, training_cfg, B: int, T: int, use_bf16: bool = False) -> float:
+    """Peak RSS growth (MB) of two training steps of this model, measured in a fresh process
+    (`use_bf16`: under bf16 autocast)."""
     import dataclasses
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_child_peak, args=(dataclasses.asdict(model_cfg), dataclasses.asdict(training_cfg), B, T, out))
+    proc = ctx.Process(target=_child_peak, args=(dataclasses.asdict(model_cfg), dataclasses.asdict(training_cfg), B, T, use_bf16, out))
     proc.start()
     value = out.get(timeout=3600)
     proc.join()
     return float(value)
+
+
+def estimated_peak_mb(cfg: Config, model_cfg, B: int, T: int, dev: torch.device) -> float:
+    """memory_estimate.py's peak for the run measured here: this variant's model, B x T in one
+    micro-batch (no accumulation), bf16 only where the step runs under bf16 autocast."""
+    bf16 = cfg.hardware.dtype == "bfloat16" or (cfg.hardware.dtype == "auto" and dev.type == "cuda")
+    variant = copy.deepcopy(cfg)
+    variant.model = model_cfg
+    est = estimate_memory(variant, batch=B, seq=T, dtype="bfloat16" if bf16 else "float32", accumulating=False)
+    return est["bytes"]["peak"] / 2**20
 
 
 def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, device: str | None = None,
@@ -119,6 +158,7 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
             setattr(mcfg, k, v)
         model = GPT(mcfg)
         model.init_weights(0)
+        model.gradient_checkpointing = cfg.training.gradient_checkpointing
         model.to(dev).train()
         opts = build_optimizers(model, cfg.training)
         tokens = torch.randint(0, mcfg.vocab_size, (B, T + 1), generator=torch.Generator().manual_seed(0)).to(dev)
@@ -132,17 +172,21 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
         loss.backward()
         for opt in run["opts"]:
             opt.step()
+        for opt in run["opts"]:
             opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    use_bf16 = dev.type == "cpu" and cfg.hardware.dtype == "bfloat16"  # the CPU steps' autocast (device.py)
     for name, run in runs.items():  # warm up, and measure each variant's peak memory alone
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+            others = torch.cuda.memory_allocated() - sum(p.numel() * p.element_size() for p in run["model"].parameters())
         for _ in range(warmup):
             step(run)
-        run["peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
-                          else cpu_peak_memory_mb(run["model"].cfg, cfg.training, B, T))
+        run["peak_mb"] = ((torch.cuda.max_memory_allocated() - others) / 2**20 if dev.type == "cuda"
+                          else cpu_peak_memory_mb(run["model"].cfg, cfg.training, B, T, use_bf16))
+        run["estimated_mb"] = estimated_peak_mb(cfg, run["model"].cfg, B, T, dev)
     for _ in range(rounds):
         for run in runs.values():
             for _ in range(steps):
@@ -155,7 +199,8 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
         st = statistics.median(run["times"])
         out["variants"][name] = {"params": run["params"], "active_params": run["active"], "step_time_s": round(st, 5),
                                  "tokens_per_sec": round(B * T / st, 1), "steps_per_min": round(60 / st, 1),
-                                 "peak_memory_mb": round(run["peak_mb"], 1)}
+                                 "peak_memory_mb": round(run["peak_mb"], 1), "estimated_peak_mb": round(run["estimated_mb"], 1),
+                                 "estimate_ratio": round(run["estimated_mb"] / run["peak_mb"], 3) if run["peak_mb"] > 0 else None}
     v = out["variants"]
     if moe:
         out["ratios"] = moe_ratios(v)

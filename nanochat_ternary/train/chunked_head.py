@@ -41,7 +41,7 @@ def head_sums(head: Callable, h: torch.Tensor, targets: torch.Tensor, with_entro
     `head` maps hidden states to logits (the tied LM head). Each chunk's work is checkpointed
     when gradients are on; without them it simply runs chunk by chunk. `chunk_tokens` 0: the
     loss as it was before chunking (all rows at once, logits kept for the backward), for
-    measuring what chunking saves (`nanochat bench train --memory`).
+    measuring what chunking saves (memory_estimate.py's `full_logits`).
     """
     n = h.shape[0]
     if chunk_tokens == 0:

@@ -96,13 +96,15 @@ def shutdown_distributed(info: DistInfo) -> None:
 def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
     """(micro_batch_size, accumulation steps) with ranks x micro x steps = batch_size.
 
-    micro_batch_size 0 means each rank's whole slice in one micro-batch.
+    micro_batch_size 0 means each rank's whole slice in one micro-batch, and so does one larger than the slice.
     """
     if batch_size % world_size:
         raise ConfigError(f"training.batch_size ({batch_size}) must be divisible by the number of ranks "
                           f"({world_size}): it is the global batch of one optimizer step")
     per_rank = batch_size // world_size
-    micro = micro_batch_size or per_rank
+    # a rank whose share is smaller than the micro-batch runs its whole share at once (a config's
+    # single-GPU micro-batch stays valid on more ranks)
+    micro = min(micro_batch_size, per_rank) if micro_batch_size else per_rank
     if per_rank % micro:
         raise ConfigError(f"training.batch_size ({batch_size}) must be divisible by ranks ({world_size}) x "
                           f"training.micro_batch_size ({micro}); each rank's {per_rank} rows split into whole micro-batches")

@@ -14,17 +14,22 @@ def _gib(n: int) -> str:
 
 
 def memory_lines(est: dict) -> list[str]:
-    """Lines for the terminal: the expected GPU peak, its terms, the alternatives, the budget."""
+    """Lines for the terminal: the expected peak, its terms, its phases, the alternatives, the budget."""
     b, alt = est["bytes"], est["alternatives"]
     opt = "8-bit" if est["use_8bit_optim"] else "fp32"
     ckpt = "on" if est["gradient_checkpointing"] else "off"
-    lines = [f"  training memory on one GPU (estimate; {est['dtype']}, {est['micro_batch_size']} x {est['seq_length']} tokens"
-             f" a forward of global batch {est['batch_size']}, checkpointing {ckpt}, {opt} optimizer states):"]
+    accum = f"accumulating {est['batch_size'] // est['micro_batch_size']} micro-batches" if est["accumulating"] else "no accumulation"
+    lines = [f"  training memory on one GPU (estimate; {est['dtype']}, micro-batch {est['micro_batch_size']} x {est['seq_length']} tokens"
+             f" of global batch {est['batch_size']}, {accum}, checkpointing {ckpt}, {opt} optimizer states):"]
     labels = {"weights": "weights (fp32)", "gradients": "gradients (fp32)", "optimizer_states": f"optimizer states ({opt})",
-              "activations": f"activations (ckpt {ckpt})", "loss": "loss peak (chunked)" if not est["full_logits"] else "loss peak (full logits)",
-              "backward": "backward working set", "optimizer_step": "optimizer step copy"}
+              "activations": f"activations (ckpt {ckpt})", "loss": "loss (full logits)" if est["full_logits"] else "loss (chunked)",
+              "backward": "one block's backward", "optimizer_step": "optimizer step copies"}
     for key, label in labels.items():
         lines.append(f"    {label:<26}{_gib(b[key])}")
+    lines.append("    peak = weights + optimizer states + the largest phase:")
+    for name, value in est["phases"].items():
+        mark = "  <- peak" if name == est["peak_phase"] else ""
+        lines.append(f"      {name + ' phase':<24}{_gib(value)}{mark}")
     lines.append(f"    {'peak':<26}{_gib(b['peak'])}")
     lines.append(f"    {'activations, ckpt off':<26}{_gib(alt['activations_without_checkpointing'])}")
     lines.append(f"    {'activations, ckpt on':<26}{_gib(alt['activations_with_checkpointing'])}")
