@@ -120,8 +120,13 @@ train_run() {
   else
     launcher=("$PY" -m nanochat_ternary.cli)
   fi
+  local rc=0
   "${launcher[@]}" train --config "$config" --data "${DATA:-synthetic}" --run-dir "$RUN_DIR" \
-    "${resume[@]}" "${script_args[@]}" "${user_args[@]}"
+    "${resume[@]}" "${script_args[@]}" "${user_args[@]}" || rc=$?
+  # Ctrl-C: the trainer saved a checkpoint and exited 130. Said here, not only in the INT trap:
+  # whether bash runs its trap before `set -e` acts on the child's status is a race.
+  if [ "$rc" -eq 130 ]; then echo; _log "interrupted; rerun with RUN_DIR=$RUN_DIR to resume"; exit 130; fi
+  [ "$rc" -eq 0 ] || exit "$rc"
 
   _log "exporting $RUN_DIR/model.gguf + model.mhc"
   "$PY" -m nanochat_ternary.cli export --checkpoint "$RUN_DIR" --output "$RUN_DIR/model.gguf" --mhc-output "$RUN_DIR/model.mhc"

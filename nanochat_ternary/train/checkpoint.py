@@ -130,7 +130,7 @@ def _remove_leftovers(ckdir: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _link_copy(src: Path, dst: Path) -> None:
+def link_copy(src: Path, dst: Path) -> None:
     """Copy a folder by hard links (no data copied); plain copies where links are refused."""
     dst.mkdir()
     for f in src.iterdir():
@@ -149,7 +149,7 @@ def _install(ckdir: Path, tmp: Path, name: str) -> None:
         if _read_latest(ckdir) == name:
             backup = ckdir / f".prev_{name}_{os.getpid()}"
             shutil.rmtree(backup, ignore_errors=True)
-            _link_copy(final, backup)
+            link_copy(final, backup)
             _write_latest(ckdir, backup.name)  # `latest` stays on a complete copy during the swap
         trash = ckdir / f".trash_{name}_{os.getpid()}"
         shutil.rmtree(trash, ignore_errors=True)

@@ -30,6 +30,7 @@ from ..data.token_bytes import bits_per_byte, token_byte_lengths
 from ..data.tokenizer import Tokenizer
 from ..device import autocast
 from ..errors import DataError
+from .checkpoint import link_copy
 from .checkpoint_integrity import CheckpointWriteError, describe_write_error
 
 BEST_DIR = "best"
@@ -83,12 +84,7 @@ def link_best(step_dir: Path, info: dict) -> Path:
     tmp = ckdir / f".tmp_{BEST_DIR}_{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for f in step_dir.iterdir():
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:
-                shutil.copy2(f, tmp / f.name)
+        link_copy(step_dir, tmp)
         (tmp / BEST_FILE).write_text(json.dumps(info, indent=1))
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
