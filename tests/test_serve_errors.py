@@ -126,6 +126,16 @@ def test_body_over_the_limit_is_413(http):
     _error(http.post("/v1/completions", content=chunked(), headers={"Content-Type": "application/json"}), 413, "request_too_large")
 
 
+def test_request_larger_than_the_server_is_400_not_429(server, http):
+    # capacity is max_batch (2) + max_queue (1): n = 4 could never be admitted, so retrying cannot help
+    body = {"model": server.engine.name, "prompt": "fn", "max_tokens": 2, "n": 4}
+    err = _error(http.post("/v1/completions", json=body), 400, "invalid_value", "n")
+    assert "4 generations" in err["message"] and "at most 3" in err["message"]
+    err = _error(http.post("/v1/completions", json={**body, "n": 2, "prompt": ["fn", "let"]}), 400, "invalid_value", "n")
+    assert "2 prompt(s)" in err["message"]
+    assert http.post("/v1/completions", json={**body, "n": 3}).status_code == 200  # exactly the capacity is fine
+
+
 def test_queue_full_is_429_with_retry_after(server):
     # capacity is max_batch (2) + max_queue (1): of 10 simultaneous long requests, 7 must wait in vain
     body = {"model": server.engine.name, "prompt": "fn", "max_tokens": 200, "ignore_eos": True}

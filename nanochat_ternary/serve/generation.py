@@ -60,7 +60,12 @@ class Generation:
     def submit(self) -> None:
         """Queue every choice; on QueueFull cancel those already queued and answer 429."""
         job = self.job
-        for i in range(len(job.prompts) * job.n):
+        total, room = len(job.prompts) * job.n, self.scheduler.max_batch + self.scheduler.max_queue
+        if total > room:  # could never be admitted: a 429 would send a retrying client round forever
+            raise APIError(400, f"This request asks for {total} generations ({len(job.prompts)} prompt(s) x n = {job.n}), but this "
+                           f"server holds at most {room} at once (--max-batch {self.scheduler.max_batch} + --max-queue "
+                           f"{self.scheduler.max_queue}); send fewer prompts or a smaller n.", "invalid_value", "n")
+        for i in range(total):
             params = SamplingParams(**{**job.params.__dict__})
             if params.seed is not None:
                 params.seed += i  # distinct, reproducible choices for n > 1
