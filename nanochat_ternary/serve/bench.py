@@ -32,7 +32,7 @@ from ..errors import NanochatError
 DEFAULT_PROMPT = "Write a Rust function that adds two numbers."
 
 
-async def _read_chunked(reader: asyncio.StreamReader):
+async def read_chunked(reader: asyncio.StreamReader):
     """Yield the pieces of an HTTP/1.1 chunked body as they arrive."""
     while True:
         size = int((await reader.readline()).split(b";")[0], 16)
@@ -64,7 +64,7 @@ async def _one_request(host: str, port: int, body: bytes, auth: bytes = b"") -> 
             raise NanochatError(f"bench request failed: HTTP {status}: {(await reader.read()).decode(errors='replace')[:500]}")
         chunk_times: list[float] = []
         tokens, buffer = 0, b""
-        async for data in _read_chunked(reader):
+        async for data in read_chunked(reader):
             buffer += data
             *events, buffer = buffer.split(b"\n\n")
             now = time.perf_counter()

@@ -49,6 +49,11 @@ def _load_engine(args: argparse.Namespace) -> Any:
     return Engine.load(args.model, args.mhc, num_threads=args.threads or default_threads())
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else the API_KEY_ENV variable, else none."""
+    return args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .server import make_server
@@ -57,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     if args.max_queue < 0:
         raise ConfigError(f"--max-queue must be >= 0, got {args.max_queue}")
-    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    api_key = _api_key(args)
     engine = _load_engine(args)
     app = create_app(engine, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
                      max_body_bytes=args.max_body_bytes, model_name=args.model_name, speculative=args.speculative)
@@ -78,7 +83,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     from .bench import bench_serve
 
     clients = parse_clients(args.clients)
-    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    api_key = _api_key(args)
     kwargs = dict(max_tokens=args.max_tokens, requests_per_client=args.requests_per_client, time_limit_s=args.time_limit,
                   rounds=args.rounds, api_key=api_key, speculative=SPECULATIVE_MODES[args.speculative])
     if args.url is not None:  # a server that is already running
@@ -120,7 +125,7 @@ def _running_model(url: str, api_key: str | None) -> str:
 def cmd_bench_load(args: argparse.Namespace) -> int:
     from .loadtest import load_test, report_table
 
-    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    api_key = _api_key(args)
     if not 0 <= args.malformed <= 1 or not 0 <= args.drop <= 1 or args.malformed + args.drop > 1:
         raise ConfigError(f"--malformed and --drop are fractions in 0..1 with a sum <= 1, got {args.malformed} and {args.drop}")
     kwargs = dict(requests=args.requests, clients=args.clients, time_limit_s=args.time_limit, max_tokens=args.max_tokens,

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..errors import NanochatError
-from .bench import DEFAULT_PROMPT, _read_chunked
+from .bench import DEFAULT_PROMPT, read_chunked
 
 MALFORMED = ("bad_json", "wrong_type", "missing_field", "oversize", "wrong_method", "wrong_path")
 REQUEST_TIMEOUT_S = 60.0  # a request not answered by then counts as a hang
@@ -134,12 +134,12 @@ async def _exchange(host: str, port: int, req: Planned, auth: bytes) -> Outcome:
         out.retry_after = headers.get("retry-after")
         chunked = headers.get("transfer-encoding") == "chunked"
         if req.kind == "drop" and out.status == 200 and chunked:
-            async for _ in _read_chunked(reader):
+            async for _ in read_chunked(reader):
                 break  # the first chunk came: vanish without a goodbye
             writer.transport.abort()
             return out
         if chunked:
-            body = b"".join([piece async for piece in _read_chunked(reader)])
+            body = b"".join([piece async for piece in read_chunked(reader)])
         elif "content-length" in headers:
             body = await reader.readexactly(int(headers["content-length"]))
         else:

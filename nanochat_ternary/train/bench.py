@@ -77,7 +77,7 @@ def _warm_up(model_cfg, tcfg, use_bf16: bool) -> None:
     small = dataclasses.replace(model_cfg, num_layers=1, vocab_size=min(model_cfg.vocab_size, 512))
     model = GPT(small)
     model.gradient_checkpointing = tcfg.gradient_checkpointing
-    _step(model, build_optimizers(model, tcfg), torch.randint(0, small.vocab_size, (1, 9)), tcfg, use_bf16)
+    _step(model, build_optimizers(model, tcfg), torch.randint(0, small.vocab_size, (1, 9)), tcfg, _cpu_dtype(use_bf16))
 
 
 def _unmap_freed_tensors() -> None:
@@ -90,9 +90,13 @@ def _unmap_freed_tensors() -> None:
         pass  # not glibc: RSS may then hold freed pages and read higher than the live bytes
 
 
-def _step(model, opts, tokens, tcfg, use_bf16: bool) -> None:
+def _cpu_dtype(use_bf16: bool) -> str:
+    return "bfloat16" if use_bf16 else "float32"
+
+
+def _step(model, opts, tokens, tcfg, dtype: str, dev: torch.device = torch.device("cpu")) -> None:
     """One training step as the trainer runs it: loss, backward, every optimizer, then zero grads."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+    with autocast(dev, dtype):
         loss, _ = compute_loss(model, tokens, tcfg.entropy_weight, tcfg.mtp_weight if model.cfg.use_mtp else 0.0)
     loss.backward()
     for opt in opts:
@@ -115,7 +119,7 @@ def _child_peak(model_cfg: dict, training_cfg: dict, B: int, T: int, use_bf16: b
     opts = build_optimizers(model, tcfg)
     tokens = torch.randint(0, model.cfg.vocab_size, (B, T + 1))
     for _ in range(2):
-        _step(model, opts, tokens, tcfg, use_bf16)
+        _step(model, opts, tokens, tcfg, _cpu_dtype(use_bf16))
     out.put((_rss_kb("VmHWM") - before) / 1024)
 
 
@@ -166,14 +170,7 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
         runs[name] = {"model": model, "opts": opts, "tokens": tokens, "times": [], "params": counts["total"], "active": counts["active"]}
 
     def step(run) -> None:
-        with autocast(dev, cfg.hardware.dtype):
-            loss, _ = compute_loss(run["model"], run["tokens"], cfg.training.entropy_weight,
-                                   cfg.training.mtp_weight if cfg.model.use_mtp else 0.0)
-        loss.backward()
-        for opt in run["opts"]:
-            opt.step()
-        for opt in run["opts"]:
-            opt.zero_grad(set_to_none=True)
+        _step(run["model"], run["opts"], run["tokens"], cfg.training, cfg.hardware.dtype, dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 

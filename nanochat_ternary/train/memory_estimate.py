@@ -49,6 +49,7 @@ from ..model.gpt import GPT
 from . import state8bit
 from .activation_trace import trace_activations
 from .chunked_head import default_chunk_tokens
+from .distributed import accumulation_steps
 from .optim import split_params
 
 GIB = 2**30
@@ -100,7 +101,7 @@ def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = Non
     (default: bfloat16 for hardware.dtype auto, the CUDA path). `full_logits`: the loss without
     chunking (chunk_tokens 0)."""
     m, t = cfg.model, cfg.training
-    B, T = batch or min(t.micro_batch_size or t.batch_size, t.batch_size), seq or t.seq_length
+    B, T = batch or accumulation_steps(t.batch_size, t.micro_batch_size, 1)[0], seq or t.seq_length
     if dtype is None:
         dtype = "bfloat16" if cfg.hardware.dtype in ("auto", "bfloat16") else "float32"  # auto: bf16 on CUDA
     ckpt = t.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
