@@ -14,12 +14,17 @@ Per block, with streams X [n, B, T, D] (stream-major, so each stream is one cont
 both mixes are a single small matmul over the flattened streams) and the residual branch F:
   x_in = sum_i H_pre[i] X_i            (H_pre = softmax(pre_logits), a convex combination)
   X'_i = sum_j H_res[i, j] X_j + H_post[i] F(x_in)      (H_post = 2 sigmoid(post_logits))
-Init is near identity: H_post = 1 and H_res puts 0.9 on the identity, so a fresh model equals a
-plain residual network (all streams stay equal copies of the embedding). Equal copies are a
-symmetric point: if every block also read all streams alike, every stream would get the same
-gradient and they would never differ. As in hyper-connections' static init, block l therefore
-reads mostly from stream l mod n (H_pre weight ~0.88 for n = 2), which breaks the symmetry in
-the gradients without changing the function computed at init.
+Init is near identity: H_res puts 0.9 on the identity, and the mean of H_post over the streams is
+1, so the mean stream (the model's readout) gets every block's output once, as in a plain residual
+network. Equal streams are a symmetric point: if every block also read and wrote all streams
+alike they would stay equal copies, H_res would act on n identical vectors, and its logits would
+get no gradient. So both mixes start lopsided: block l reads mostly from stream l mod n (H_pre
+weight ~0.88 for n = 2, as in hyper-connections' static init) and writes mostly into the stream
+the next block reads, (l + 1) mod n (H_post = POST_MAIN there, the rest share n - POST_MAIN).
+Each block then sees its predecessor's output at about 1.5x and older outputs at 0.6-1.3x, the
+streams differ from block 0 on, and H_res learns from the first step. (Writing into the block's
+own stream instead would show each block its predecessor at 0.54x.) Measured against the
+symmetric write in README "Real Rust".
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch.nn as nn
 
 IDENTITY_WEIGHT = 0.9  # weight of the identity permutation in H_res at init
 PRE_LOGIT = 2.0  # H_pre logit of the stream a block reads from at init
+POST_MAIN = 1.6  # H_post weight, at init, of the stream the next block reads (the others share n - POST_MAIN)
 
 
 def permutation_matrices(n: int) -> torch.Tensor:
@@ -75,7 +81,11 @@ class MHC(nn.Module):
         pre = torch.zeros(n)
         pre[layer_idx % n] = PRE_LOGIT
         self.pre_logits = nn.Parameter(pre)
-        self.post_logits = nn.Parameter(torch.zeros(n))
+        # H_post = 2 sigmoid(logit): logit(h / 2) gives weight h; the weights' mean over streams is 1
+        rest = (n - POST_MAIN) / (n - 1)
+        post = torch.full((n,), math.log(rest / (2 - rest)))
+        post[(layer_idx + 1) % n] = math.log(POST_MAIN / (2 - POST_MAIN))
+        self.post_logits = nn.Parameter(post)
 
     def h_res(self) -> torch.Tensor:
         return res_matrix(self.res_logits, self.perms)
