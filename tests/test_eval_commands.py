@@ -91,10 +91,42 @@ def test_function_extraction_and_brace_closing():
     assert close_index("fn f() {", " 'a: loop { break 'a; }") is None
 
 
+OWN_TYPES = '''use std::fmt;
+
+/// A point.
+#[derive(Debug, Clone, Copy)]
+pub struct Point {
+    pub x: Meters,
+    pub y: Meters,
+}
+
+pub type Meters = f64;
+
+pub struct Unrelated {
+    pub z: u8,
+}
+
+/// Distance from the origin.
+#[inline]
+pub fn norm(p: Point) -> Meters {
+    (p.x * p.x + p.y * p.y).sqrt()
+}
+'''
+
+
+def test_prompt_carries_the_types_a_function_names_and_its_attributes():
+    (f,) = doc_functions(OWN_TYPES)
+    assert f.name == "norm"
+    # Point because the signature names it, Meters because Point names it; not Unrelated
+    assert "pub struct Point" in f.prompt and "pub type Meters" in f.prompt and "Unrelated" not in f.prompt
+    assert f.prompt.index("#[derive(Debug") < f.prompt.index("pub struct Point") < f.prompt.index("/// Distance")
+    assert f.prompt.endswith("/// Distance from the origin.\n#[inline]\npub fn norm(p: Point) -> Meters {")
+
+
 @needs_rustc
 def test_prompts_keep_only_functions_that_compile_alone():
-    names = [f.name for f in solvable_prompts([HELD_OUT], n=5)]
-    assert names == ["word_counts", "braces"]
+    names = [f.name for f in solvable_prompts([HELD_OUT, OWN_TYPES], n=5)]
+    assert names == ["word_counts", "braces", "norm"]  # norm compiles with its file's types
 
 
 @needs_rustc

@@ -69,6 +69,7 @@ def test_bench_infer_reports_engine_and_baseline(tmp_path):
     assert r["file_bytes"] == gguf.stat().st_size and 0 < r["peak_rss_mb_engine"] <= r["peak_rss_mb_total"]
     assert set(r["speedup_vs_fp32"]) == {"prefill", "b1", "bB"}
     assert "llama_cpp" in r  # a measurement, or the reason it was skipped
+    assert abs(r["decode_b3_vs_b1"] - r["engine"]["decode_b3_tokens_per_s"] / r["engine"]["decode_b1_tokens_per_s"]) < 0.02
 
 
 def test_bench_cli_needs_model_or_shape(capsys):

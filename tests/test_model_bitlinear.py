@@ -2,7 +2,7 @@
 
 import torch
 
-from nanochat_ternary.model.bitlinear import BitLinear, quantize_activation, quantize_weight, ternarize
+from nanochat_ternary.model.bitlinear import BitLinear, quantize_activation, quantize_weight, shared_input_linear, ternarize
 
 
 def test_weights_take_three_values_per_tensor():
@@ -57,3 +57,25 @@ def test_forward_uses_quantized_operands():
     x = torch.randn(2, 256)
     expected = quantize_activation(x) @ quantize_weight(layer.weight).t()
     assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+def test_shared_input_linear_equals_the_separate_layers_and_their_gradients():
+    """q/k/v and gate/up run as one matmul on one quantised input: same outputs, same gradients."""
+    torch.manual_seed(0)
+    for make in (lambda i, o: BitLinear(i, o, 8, 0), lambda i, o: BitLinear(i, o, 8, 64),
+                 lambda i, o: torch.nn.Linear(i, o, bias=False)):
+        layers = [make(128, 96), make(128, 32), make(128, 32)]
+        x = torch.randn(2, 5, 128, requires_grad=True)
+        fused = shared_input_linear(x, layers)
+        grad = torch.randn_like(fused)
+        fused.backward(grad)
+        got = [x.grad.clone()] + [m.weight.grad.clone() for m in layers]
+        x.grad = None
+        for m in layers:
+            m.weight.grad = None
+        separate = torch.cat([m(x) for m in layers], dim=-1)
+        separate.backward(grad)
+        assert fused.shape == (2, 5, 160)
+        torch.testing.assert_close(fused, separate, rtol=1e-5, atol=1e-5)
+        for a, b in zip(got, [x.grad] + [m.weight.grad for m in layers]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

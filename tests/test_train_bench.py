@@ -21,6 +21,14 @@ def test_bench_train_json(tmp_path):
     for v in result["variants"].values():
         assert v["step_time_s"] > 0 and v["tokens_per_sec"] > 0 and v["peak_memory_mb"] >= 0
         assert v["estimated_peak_mb"] > 0 and "estimate_ratio" in v
+        assert 0 < v["mfu"] <= 1 and 0 < v["optimizer_share"] < 1 and v["ns_gflop_per_step"] > 0
+    assert result["matmul_peak_gflops"] > 0
+    # 1 x 16 tokens of the 1-layer tiny model: 6 x matmul params + attention, per token
+    from nanochat_ternary.config import load_config
+    from nanochat_ternary.model.gpt import flops_per_token
+    cfg = load_config("configs/models/tiny.toml")
+    cfg.model.num_layers = 1
+    assert result["variants"]["bitlinear_n1"]["model_gflop_per_step"] == round(flops_per_token(cfg.model, 16) * 16 / 1e9, 3)
     # n = 4 adds 24 + 4 + 4 routing logits per block over n = 2's 1 + 2 + 2
     assert result["variants"]["bitlinear_n4"]["params"] - result["variants"]["bitlinear_n2"]["params"] == 27
     assert set(result["ratios"]) == {"bitlinear_vs_dense", "mhc_n2_vs_n1", "mhc_n4_vs_n1"}
@@ -34,3 +42,18 @@ def test_memory_estimate_within_20_percent_of_the_measured_peak(tmp_path):
         assert v["peak_memory_mb"] > 20, name  # a real measurement, not an empty process
         assert abs(v["estimate_ratio"] - v["estimated_peak_mb"] / v["peak_memory_mb"]) < 0.01
         assert 0.8 <= v["estimate_ratio"] <= 1.2, (name, v["estimated_peak_mb"], v["peak_memory_mb"])
+
+
+def test_newton_schulz_flops_count_each_matrix_from_its_short_side():
+    import torch
+
+    from nanochat_ternary.train.bench import newton_schulz_flops
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(8, 32, bias=False)  # 32 x 8: m = 8, n = 32
+            self.b = torch.nn.Linear(16, 16, bias=False)
+            self.norm = torch.nn.RMSNorm(16)  # not Muon's
+
+    assert newton_schulz_flops(Two(), 3) == 3 * (4 * 8 * 8 * 32 + 2 * 8**3) + 3 * (4 * 16 * 16 * 16 + 2 * 16**3)

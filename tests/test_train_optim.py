@@ -8,7 +8,8 @@ from torch import nn
 
 from nanochat_ternary.config import TrainingConfig
 from nanochat_ternary.train.lion import Lion
-from nanochat_ternary.train.muon import Muon, newton_schulz, ns_dtype
+import nanochat_ternary.train.muon as muon_mod
+from nanochat_ternary.train.muon import Muon, newton_schulz, newton_schulz_stacked, ns_dtype, stack_plan
 from nanochat_ternary.train.optim import build_optimizers, optimizer_state_bytes, set_lr
 
 torch.set_flush_denormal(True)
@@ -30,8 +31,46 @@ def test_newton_schulz_singular_values_near_one(shape):
 
 
 def test_newton_schulz_rejects_non_matrix():
-    with pytest.raises(ValueError):
-        newton_schulz(torch.randn(3, 4, 5))
+    for shape in ((5,), (2, 3, 4, 5)):
+        with pytest.raises(ValueError, match="matrix"):
+            newton_schulz(torch.randn(*shape))
+
+
+def test_stacked_newton_schulz_equals_one_matrix_at_a_time():
+    gen = torch.Generator().manual_seed(3)
+    gs = [torch.randn(32, 64, generator=gen), torch.randn(64, 32, generator=gen), torch.randn(32, 64, generator=gen)]
+    stacked = newton_schulz_stacked(gs, 3)
+    tol = 2e-2 if ns_dtype(gs[0].device) == torch.bfloat16 else 1e-5  # batched vs single matmul rounding
+    for g, x in zip(gs, stacked):
+        assert x.shape == g.shape
+        torch.testing.assert_close(x.float(), newton_schulz(g, 3).float(), atol=tol, rtol=tol)
+
+
+def test_stack_plan_groups_oriented_shapes_within_the_element_cap(monkeypatch):
+    shapes = [(64, 32), (32, 64), (32, 32), (32, 64), (8, 8)]
+    assert sorted(map(sorted, stack_plan(shapes))) == [[0, 1, 3], [2], [4]]  # tall and wide together
+    monkeypatch.setattr(muon_mod, "STACK_ELEMS", 2 * 64 * 32)
+    assert sorted(map(sorted, stack_plan(shapes))) == [[0, 1], [2], [3], [4]]
+    monkeypatch.setattr(muon_mod, "STACK_ELEMS", 1)
+    assert len(stack_plan(shapes)) == 5  # a matrix over the cap is a stack of its own
+
+
+def test_muon_steps_a_stack_like_its_matrices_one_by_one():
+    torch.manual_seed(4)
+    ps = [nn.Parameter(torch.randn(*s)) for s in ((24, 8), (8, 24), (8, 24))]
+    alone = [nn.Parameter(p.detach().clone()) for p in ps]
+    opts = [Muon([a], lr=0.05, momentum=0.9, weight_decay=0.1) for a in alone]
+    opt = Muon(ps, lr=0.05, momentum=0.9, weight_decay=0.1)
+    tol = 2e-3 if ns_dtype(torch.device("cpu")) == torch.bfloat16 else 1e-6
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in ps]
+        for p, a, g in zip(ps, alone, grads):
+            p.grad, a.grad = g.clone(), g.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    for p, a in zip(ps, alone):
+        torch.testing.assert_close(p.detach(), a.detach(), atol=tol, rtol=tol)
 
 
 def test_muon_first_step_matches_formula():

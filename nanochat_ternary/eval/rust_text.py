@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..data.rust_items import parse_items
+
 
 def _code_braces(text: str):
     """Yield (index, +1 | -1) for each `{` / `}` that is code, not inside a literal or comment."""
@@ -81,12 +83,35 @@ _FN = re.compile(r"^(?:pub(?:\([a-z]+\))? )?(?:const )?(?:unsafe )?fn (\w+)", re
 _USE = re.compile(r"^use [^;]+;\n", re.M)
 
 
+CONTEXT_KINDS = ("struct", "enum", "type", "const", "static")
+CONTEXT_ITEM_CHARS = 600  # a type or constant longer than this is not carried into a prompt
+
+
+def _context(items: list, code: str) -> str:
+    """The file's short type and constant items that `code` names, and those these name in turn."""
+    chosen, frontier = [], code
+    pool = [it for it in items if it.kind in CONTEXT_KINDS and it.name and len(it.text) <= CONTEXT_ITEM_CHARS]
+    while True:
+        new = [it for it in pool if it not in chosen and re.search(rf"\b{re.escape(it.name)}\b", frontier)]
+        if not new:
+            return "".join(it.text for it in pool if it in chosen)  # in file order
+        chosen += new
+        frontier = "".join(it.text for it in new)
+
+
 def doc_functions(text: str) -> list[RustFunction]:
-    """Top-level (column 0) functions with a `///` doc comment, each as prompt + body."""
+    """Top-level (column 0) functions with a `///` doc comment, each as prompt + body. The prompt
+    carries the file's `use` lines and the file's short structs, enums, type aliases and constants
+    that the function names (data/rust_items.py cuts them), so a function over its crate's own
+    types can still stand alone."""
     uses = "".join(m.group(0) for m in _USE.finditer(text))
+    items = parse_items(text)
     out = []
     for m in _FN.finditer(text):
         lines = text[:m.start()].split("\n")[:-1]
+        attrs = []
+        while lines and lines[-1].startswith("#["):
+            attrs.insert(0, lines.pop())
         doc = []
         while lines and lines[-1].startswith("///"):
             doc.insert(0, lines.pop())
@@ -96,10 +121,11 @@ def doc_functions(text: str) -> list[RustFunction]:
         if opened is None or ";" in text[m.start():m.start() + opened]:
             continue  # a declaration without a body (extern, trait)
         sig = text[m.start():m.start() + opened + 1]
-        prompt = (uses + "\n" if uses else "") + "\n".join(doc) + "\n" + sig
         rest = text[m.start() + opened + 1:]
         end = close_index("{", rest)
         if end is None:
             continue
+        context = _context(items, sig + rest[:end])
+        prompt = (uses + "\n" if uses else "") + (context + "\n" if context else "") + "\n".join(doc + attrs) + "\n" + sig
         out.append(RustFunction(prompt=prompt, body=rest[:end], name=m.group(1)))
     return out

@@ -167,7 +167,10 @@ def bench_infer(model: str | None = None, mhc: str | None = None, shape: str | N
             result["llama_cpp"] = _llama_cpp_rate(path, threads, prompt_tokens, decode_tokens)
         else:
             result["llama_cpp"] = {"skipped": f"architecture '{gm.hp.arch}' is not loadable by llama.cpp"}
+        # issue 18's goals read off one run: b1 >= 1.5x llama.cpp, prefill >= 1.0x, batch B >= 4x b1
+        result[f"decode_b{batch}_vs_b1"] = round(med["engine"]["bB"] / med["engine"]["b1"], 2)
         if "decode_b1_tokens_per_s" in result["llama_cpp"]:
             result["speedup_vs_llama_cpp_b1"] = round(med["engine"]["b1"] / result["llama_cpp"]["decode_b1_tokens_per_s"], 2)
+            result["speedup_vs_llama_cpp_prefill"] = round(med["engine"]["prefill"] / result["llama_cpp"]["prefill_tokens_per_s"], 2)
         result["peak_rss_mb_total"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return result

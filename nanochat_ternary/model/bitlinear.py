@@ -92,6 +92,24 @@ class BitLinear(nn.Linear):
         return f"{super().extra_repr()}, activation_bits={self.activation_bits}, group_size={self.group_size}"
 
 
+def shared_input_linear(x: torch.Tensor, layers: list[nn.Linear]) -> torch.Tensor:
+    """`torch.cat([layer(x) for layer in layers], -1)` for linears that read the same input
+    (q/k/v, gate/up); callers split it.
+
+    One matmul against the stacked weights instead of one per layer, and for BitLinear one
+    activation quantisation instead of one per layer (each weight keeps its own scale): on a CPU
+    at small widths the per-call overhead and the repeated quantisers cost as much as the matmuls.
+    The results equal the separate calls' up to float summation order."""
+    if all(type(m) is BitLinear for m in layers) and len({m.activation_bits for m in layers}) == 1:
+        x = ste(x, quantize_activation, layers[0].activation_bits)
+        w = torch.cat([ste(m.weight, quantize_weight, m.group_size) for m in layers])
+    elif all(type(m) is nn.Linear and m.bias is None for m in layers):
+        w = torch.cat([m.weight for m in layers])
+    else:
+        return torch.cat([m(x) for m in layers], dim=-1)
+    return F.linear(x, w)
+
+
 def make_linear(in_features: int, out_features: int, cfg) -> nn.Linear:
     """A BitLinear when the model is ternary (`cfg.use_bitlinear`), else a dense bias-free Linear."""
     if cfg.use_bitlinear:

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .bitlinear import make_linear
+from .bitlinear import make_linear, shared_input_linear
 
 CHUNK = 64
 CONV_KERNEL = 4
@@ -202,7 +202,7 @@ class GatedDeltaNet(nn.Module):
     def forward(self, x: torch.Tensor, cos=None, sin=None) -> torch.Tensor:
         B, T, _ = x.shape
         H, dk, dv = self.n_head, self.dk, self.dv
-        mixed = causal_conv(torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1), self.conv.weight)
+        mixed = causal_conv(shared_input_linear(x, [self.q_proj, self.k_proj, self.v_proj]), self.conv.weight)
         q, k, v = (t.transpose(1, 2) for t in qkv_heads(mixed, H, dk, dv))  # [B, H, T, d]
         g, beta = (t.transpose(1, 2) for t in decay_and_beta(self.a_proj(x), self.b_proj(x), self.A_log, self.dt_bias))
         fla = _fla_kernel() if x.is_cuda else None

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .bitlinear import make_linear
+from .bitlinear import make_linear, shared_input_linear
 
 
 class SwiGLU(nn.Module):
@@ -23,4 +23,5 @@ class SwiGLU(nn.Module):
         self.down_proj = make_linear(h, d, cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.sub_norm(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+        gate, up = shared_input_linear(x, [self.gate_proj, self.up_proj]).chunk(2, dim=-1)
+        return self.down_proj(self.sub_norm(F.silu(gate) * up))

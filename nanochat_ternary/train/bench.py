@@ -6,6 +6,13 @@ median step time of each is reported, so a noisy shared machine affects them ali
 the figures to read, not the absolute times. A step is forward + backward + optimizer step on
 random tokens (the data loader is not part of what is compared).
 
+Each variant also reports its model FLOPs utilisation: `mfu` = (6 x matmul parameters + attention,
+model/gpt.py flops_per_token) x tokens / step time / this machine's float32 matmul peak, measured
+in the same run (`matmul_peak_gflops`: the best of several 2048 x 2048 products, before and
+after the timed rounds); `optimizer_share`, the optimizers' part of the step; and Newton-Schulz's
+own FLOPs (`ns_gflop_per_step`), which the MFU leaves out (they are the optimizer's, not the
+model's).
+
 Peak memory is what the variant's training adds to the process, beside memory_estimate.py's
 estimate of it ("estimated_peak_mb", and "estimate_ratio" = estimated / measured), which models
 the same run: the variant's batch x sequence in one micro-batch, float32 (bf16 where the step
@@ -35,11 +42,11 @@ import torch
 
 from ..config import Config
 from ..device import autocast, resolve_device, setup_device
-from ..model.gpt import GPT, count_params
+from ..model.gpt import GPT, count_params, flops_per_token
 from .bench_moe import moe_pair, moe_ratios
 from .loss import compute_loss
 from .memory_estimate import estimate_memory
-from .optim import build_optimizers
+from .optim import build_optimizers, split_params
 
 VARIANTS = {
     "bitlinear_n1": {"use_bitlinear": True, "mhc_n_streams": 1},
@@ -94,15 +101,50 @@ def _cpu_dtype(use_bf16: bool) -> str:
     return "bfloat16" if use_bf16 else "float32"
 
 
-def _step(model, opts, tokens, tcfg, dtype: str, dev: torch.device = torch.device("cpu")) -> None:
-    """One training step as the trainer runs it: loss, backward, every optimizer, then zero grads."""
+def _step(model, opts, tokens, tcfg, dtype: str, dev: torch.device = torch.device("cpu")) -> float:
+    """One training step as the trainer runs it: loss, backward, every optimizer, then zero grads.
+    Returns the seconds the optimizers took."""
     with autocast(dev, dtype):
         loss, _ = compute_loss(model, tokens, tcfg.entropy_weight, tcfg.mtp_weight if model.cfg.use_mtp else 0.0)
     loss.backward()
+    _sync(dev)
+    t0 = time.perf_counter()
     for opt in opts:
         opt.step()
+    _sync(dev)
+    t_opt = time.perf_counter() - t0
     for opt in opts:
         opt.zero_grad(set_to_none=True)
+    return t_opt
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(dev: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """This machine's float32 matmul rate now: the best of `reps` n x n products (GFLOP/s)."""
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def newton_schulz_flops(model, ns_steps: int) -> float:
+    """FLOPs of one Muon step's Newton-Schulz: per matrix m x n (m <= n) and iteration, X X^T
+    (2 m^2 n), G^2 (2 m^3) and (b G + c G^2) X (2 m^2 n)."""
+    total = 0.0
+    for p in split_params(model)[0]:
+        m, n = sorted(p.shape)
+        total += ns_steps * (4 * m * m * n + 2 * m**3)
+    return total
 
 
 def _child_peak(model_cfg: dict, training_cfg: dict, B: int, T: int, use_bf16: bool, out) -> None:
@@ -169,10 +211,10 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
         counts = count_params(model)
         runs[name] = {"model": model, "opts": opts, "tokens": tokens, "times": [], "params": counts["total"], "active": counts["active"]}
 
-    def step(run) -> None:
-        _step(run["model"], run["opts"], run["tokens"], cfg.training, cfg.hardware.dtype, dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+    def step(run) -> float:
+        t_opt = _step(run["model"], run["opts"], run["tokens"], cfg.training, cfg.hardware.dtype, dev)
+        _sync(dev)
+        return t_opt
 
     use_bf16 = dev.type == "cpu" and cfg.hardware.dtype == "bfloat16"  # the CPU steps' autocast (device.py)
     for name, run in runs.items():  # warm up, and measure each variant's peak memory alone
@@ -184,20 +226,27 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
         run["peak_mb"] = ((torch.cuda.max_memory_allocated() - others) / 2**20 if dev.type == "cuda"
                           else cpu_peak_memory_mb(run["model"].cfg, cfg.training, B, T, use_bf16))
         run["estimated_mb"] = estimated_peak_mb(cfg, run["model"].cfg, B, T, dev)
+    peak = matmul_peak_gflops(dev)
     for _ in range(rounds):
         for run in runs.values():
             for _ in range(steps):
                 t0 = time.perf_counter()
-                step(run)
+                run.setdefault("opt_times", []).append(step(run))
                 run["times"].append(time.perf_counter() - t0)
+    peak = max(peak, matmul_peak_gflops(dev))
     out = {"device": str(dev), "threads": torch.get_num_threads(), "batch_size": B, "seq_length": T,
-           "config": cfg.source, "variants": {}}
+           "config": cfg.source, "matmul_peak_gflops": round(peak, 1), "variants": {}}
     for name, run in runs.items():
         st = statistics.median(run["times"])
+        model_flops = flops_per_token(run["model"].cfg, T) * B * T
         out["variants"][name] = {"params": run["params"], "active_params": run["active"], "step_time_s": round(st, 5),
                                  "tokens_per_sec": round(B * T / st, 1), "steps_per_min": round(60 / st, 1),
                                  "peak_memory_mb": round(run["peak_mb"], 1), "estimated_peak_mb": round(run["estimated_mb"], 1),
-                                 "estimate_ratio": round(run["estimated_mb"] / run["peak_mb"], 3) if run["peak_mb"] > 0 else None}
+                                 "estimate_ratio": round(run["estimated_mb"] / run["peak_mb"], 3) if run["peak_mb"] > 0 else None,
+                                 "model_gflop_per_step": round(model_flops / 1e9, 3),
+                                 "ns_gflop_per_step": round(newton_schulz_flops(run["model"], cfg.training.muon_ns_steps) / 1e9, 3),
+                                 "mfu": round(model_flops / st / (peak * 1e9), 3),
+                                 "optimizer_share": round(statistics.median(run["opt_times"]) / st, 3)}
     v = out["variants"]
     if moe:
         out["ratios"] = moe_ratios(v)

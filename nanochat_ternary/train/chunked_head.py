@@ -7,6 +7,9 @@ sums are computed under activation checkpointing (torch.utils.checkpoint, non-re
 forward keeps only the chunk's inputs and the backward recomputes one chunk's logits at a time.
 Peak memory is one chunk's logits and their temporaries; the price is one more head matmul per
 token in backward. The sums are exactly the full-logits ones, up to float32 summation order.
+A batch that fits in one chunk (the tiny configs) is not checkpointed: the recomputed logits would
+be alive at the same moment as the kept ones (the head's backward runs first, with every trunk
+activation still held), so checkpointing one chunk costs a head matmul and saves no peak memory.
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ def head_sums(head: Callable, h: torch.Tensor, targets: torch.Tensor, with_entro
     measuring what chunking saves (memory_estimate.py's `full_logits`).
     """
     n = h.shape[0]
-    if chunk_tokens == 0:
-        return _chunk_sums(head, h, targets, with_entropy)
     chunk = chunk_tokens or default_chunk_tokens(vocab_size or 1)
+    if chunk_tokens == 0 or n <= chunk:
+        return _chunk_sums(head, h, targets, with_entropy)
     nll = h.new_zeros((), dtype=torch.float32)
     ent = h.new_zeros((), dtype=torch.float32)
     for start in range(0, n, chunk):

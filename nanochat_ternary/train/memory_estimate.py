@@ -18,7 +18,8 @@ Then the step passes through phases that do not overlap in time, and the peak is
              copies), one chunk's logits and their backward temporaries (LOSS_CHUNK_TEMPS float32
              [chunk, V] tensors; chunked_head.py), and the gradient of the tied embedding, which
              the head's backward writes first. `full_logits` (chunk_tokens 0): every head's
-             saved [B T, V] log-probabilities and one head's backward temporaries instead.
+             saved [B T, V] log-probabilities and one head's backward temporaries instead; so
+             too a batch of at most one chunk, which chunked_head.py does not checkpoint.
   blocks     block i's backward, i = L-1 .. 0: the activations still saved for blocks < i, block
              i's saved tensors (recomputed, with checkpointing), its backward working set (the
              gradient in and out, 2 x the block input, and the gradients of its widest saved
@@ -27,7 +28,7 @@ Then the step passes through phases that do not overlap in time, and the peak is
              while its gradients appear: the two are counted at once, so this leans high.
   optimizer  all gradients (the trainer steps every optimizer, then frees the gradients) plus
              one parameter's working copies: Muon's Newton-Schulz (MUON_TEMPS x the largest
-             matrix), Lion's update direction (1 x the largest other parameter); with 8-bit
+             stack of same-shape matrices it orthogonalises at once, muon.stack_plan), Lion's update direction (1 x the largest other parameter); with 8-bit
              states, one dequantised float32 momentum more.
 With gradient accumulation (micro-batches < the batch) the gradients of the earlier micro-batches
 are held through every phase, so each phase counts all of them.
@@ -50,6 +51,7 @@ from . import state8bit
 from .activation_trace import trace_activations
 from .chunked_head import default_chunk_tokens
 from .distributed import accumulation_steps
+from .muon import stack_plan
 from .optim import split_params
 
 GIB = 2**30
@@ -63,14 +65,15 @@ LOSS_CHUNK_TEMPS = 6
 FULL_LOGITS_SAVED = {"main": 2, "mtp": 1}
 FULL_LOGITS_BACKWARD = 3
 # Float32 copies of one matrix alive in Muon's step: the Nesterov update, its normalised copy,
-# the polynomial times x, and the new x (muon.py newton_schulz).
+# the polynomial times x, and the new x (muon.py newton_schulz); for a stack of same-shape
+# matrices (muon.stack_plan) one more: the updates and their stacked copy are both alive.
 MUON_TEMPS = 4
 
 
 def _loss_bytes(m, B: int, T: int, elem: int, full_logits: bool) -> int:
     n_heads = 1 + (m.mtp_n_tokens if m.use_mtp else 0)
     inputs = (2 * n_heads - 1) * B * T * m.hidden_dim * elem  # hidden states, MTP shifted copies
-    if full_logits:
+    if full_logits or B * T <= default_chunk_tokens(m.vocab_size):  # one chunk: not checkpointed
         saved = FULL_LOGITS_SAVED["main"] + (n_heads - 1) * FULL_LOGITS_SAVED["mtp"]
         return inputs + (saved + FULL_LOGITS_BACKWARD) * B * T * m.vocab_size * 4
     chunk = min(default_chunk_tokens(m.vocab_size), B * T)
@@ -119,7 +122,9 @@ def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = Non
     head_grads = 4 * P - sum(block_grads)
     loss = _loss_bytes(m, B, T, torch.finfo(act_dtype).bits // 8, full_logits)
     dequant = 1 if eight_bit else 0
-    opt_step = 4 * max((MUON_TEMPS + dequant) * max((p.numel() for p in muon), default=0),
+    stacks = [[muon[i].numel() for i in idx] for idx in stack_plan([tuple(p.shape) for p in muon])]
+    muon_step = max(((MUON_TEMPS + dequant + (len(s) > 1)) * sum(s) for s in stacks), default=0)
+    opt_step = 4 * max(muon_step,
                        (1 + dequant) * max((p.numel() for p in lion), default=0))
     phases = _phases(acts, block_grads, head_grads, 4 * model.embed.weight.numel(), 4 * P, loss, opt_step, ckpt, accumulating)
     backward = phases.pop("_backward")

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import state8bit
-from .fsdp import orthogonalise
+from .fsdp import DTensor, orthogonalise
 
 # Quintic coefficients from the Muon reference implementation: they maximise the slope at 0
 # (so tiny singular values grow fast) while keeping the iteration bounded near 1.
@@ -44,26 +44,64 @@ def ns_dtype(device: torch.device) -> torch.dtype:
 
 
 def newton_schulz(g: Tensor, steps: int = 5) -> Tensor:
-    """Approximately orthogonalise a 2-D matrix (the zeroth power U V^T of its SVD).
+    """Approximately orthogonalise a matrix [m, n], or each of a stack of them [k, m, n] (the
+    zeroth power U V^T of its SVD).
 
     Runs in bf16 where the hardware multiplies bf16 natively (CUDA; CPUs with AVX512-BF16/AMX,
-    where it halves the optimizer's cost) and fp32 elsewhere; the iteration tolerates bf16. The input
-    is normalised by its Frobenius norm first so that every singular value is <= 1, and a tall
-    matrix is transposed so that X @ X^T is the smaller Gram matrix.
+    where it halves the optimizer's cost) and fp32 elsewhere; the iteration tolerates bf16. Each
+    matrix is normalised by its Frobenius norm first so that every singular value is <= 1, and a
+    tall one is transposed so that X @ X^T is the smaller Gram matrix. Per iteration, with
+    G = X X^T: X <- a X + (b G + c G^2) X, two fused multiply-adds (addmm / baddbmm).
     """
-    if g.ndim != 2:
-        raise ValueError(f"newton_schulz expects a 2-D matrix, got shape {tuple(g.shape)}")
+    if g.ndim not in (2, 3):
+        raise ValueError(f"newton_schulz expects a matrix or a stack of matrices, got shape {tuple(g.shape)}")
     a, b, c = NS_COEFFS
     x = g.to(ns_dtype(g.device))
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
-    x = x / (x.norm() + 1e-7)
+    x = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + 1e-7)
+    fma = torch.addmm if x.ndim == 2 else torch.baddbmm
     for _ in range(steps):
         gram = x @ x.mT
-        poly = b * gram + c * (gram @ gram)
-        x = a * x + poly @ x
+        poly = fma(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+        x = fma(x, poly, x, beta=a)  # a X + poly X
     return x.mT if tall else x
+
+
+# Muon orthogonalises same-shape matrices together, as one batched Newton-Schulz (as
+# karpathy/nanochat's Muon does): at small widths the per-matrix matmuls are too small to keep the
+# cores busy, and one call per stack replaces steps x 3 calls per matrix. A stack holds at most
+# STACK_ELEMS elements (or one matrix, if that is larger), which bounds its extra memory
+# (memory_estimate.py counts it).
+STACK_ELEMS = 1 << 20
+
+
+def oriented(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The shape Newton-Schulz works on: wide (a tall matrix is transposed)."""
+    m, n = shape
+    return (n, m) if m > n else (m, n)
+
+
+def stack_plan(shapes: list[tuple[int, ...]]) -> list[list[int]]:
+    """Indices of `shapes` grouped into stacks: same oriented shape, at most STACK_ELEMS a stack."""
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(shapes):
+        by_shape.setdefault(oriented(tuple(s)), []).append(i)
+    plan = []
+    for (m, n), idx in by_shape.items():
+        per = max(1, STACK_ELEMS // (m * n))
+        plan += [idx[j:j + per] for j in range(0, len(idx), per)]
+    return plan
+
+
+def newton_schulz_stacked(updates: list[Tensor], steps: int) -> list[Tensor]:
+    """newton_schulz of each of same-oriented-shape updates (one stack of stack_plan), in one call."""
+    if len(updates) == 1:
+        return [newton_schulz(updates[0], steps)]
+    tall = [u.size(0) > u.size(1) for u in updates]
+    ortho = newton_schulz(torch.stack([u.mT if t else u for u, t in zip(updates, tall)]), steps)
+    return [o.mT if t else o for o, t in zip(ortho.unbind(0), tall)]
 
 
 class Muon(torch.optim.Optimizer):
@@ -113,22 +151,30 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Muon does not support sparse gradients")
-                g = p.grad
-                state, eight_bit = self.state[p], group.get("eight_bit", False)
-                buf = state8bit.load(state, "momentum_buffer", p, eight_bit)
-                buf.lerp_(g, 1 - beta)  # buf = beta * buf + (1 - beta) * g
-                state8bit.store(state, "momentum_buffer", p, buf, eight_bit)
-                # Nesterov: look one step ahead along the momentum, without touching p.grad.
-                update = g.lerp(buf, beta) if group["nesterov"] else buf
-                ortho = orthogonalise(update, newton_schulz, group["ns_steps"])  # FSDP: on the full matrix
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(ortho.to(p.dtype), alpha=-lr * scale)
+            lr, wd, steps = group["lr"], group["weight_decay"], group["ns_steps"]
+            params = [p for p in group["params"] if p.grad is not None]
+            for idx in stack_plan([tuple(p.shape) for p in params]):  # a stack's updates at a time
+                stack = [params[i] for i in idx]
+                updates = [self._update(p, group) for p in stack]
+                if isinstance(updates[0], DTensor):  # FSDP: each on its full matrix
+                    orthos = [orthogonalise(u, newton_schulz, steps) for u in updates]
+                else:
+                    orthos = newton_schulz_stacked(updates, steps)
+                for p, ortho in zip(stack, orthos):
+                    scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                    if wd:
+                        p.mul_(1 - lr * wd)
+                    p.add_(ortho.to(p.dtype), alpha=-lr * scale)
         return loss
+
+    def _update(self, p: Tensor, group: dict) -> Tensor:
+        """Advance p's momentum by its gradient; the (Nesterov) update to orthogonalise."""
+        if p.grad.is_sparse:
+            raise RuntimeError("Muon does not support sparse gradients")
+        g, beta = p.grad, group["momentum"]
+        state, eight_bit = self.state[p], group.get("eight_bit", False)
+        buf = state8bit.load(state, "momentum_buffer", p, eight_bit)
+        buf.lerp_(g, 1 - beta)  # buf = beta * buf + (1 - beta) * g
+        state8bit.store(state, "momentum_buffer", p, buf, eight_bit)
+        # Nesterov: look one step ahead along the momentum, without touching p.grad.
+        return g.lerp(buf, beta) if group["nesterov"] else buf
