@@ -41,6 +41,7 @@ class ModelConfig:
     group_size: int = 0  # 0: one absmean scale per tensor; else one per `group_size` input columns
     # mHC residual routing
     mhc_n_streams: int = 1
+    mhc_post_main: float = 1.6  # H_post at init on the stream the next block reads (1.0: every stream alike; model/mhc.py)
     # hybrid attention and mixture of experts (built in the scale issue)
     deltanet_ratio: float = 0.0
     use_moe: bool = False
@@ -231,6 +232,8 @@ def validate(cfg: Config) -> None:
         raise bad("model.ffn_mult", "must be positive")
     if m.mhc_n_streams not in (1, 2, 4):
         raise bad("model.mhc_n_streams", f"must be 1, 2 or 4 (got {m.mhc_n_streams})")
+    if not 0.0 < m.mhc_post_main < 2.0:
+        raise bad("model.mhc_post_main", f"must be in (0, 2): H_post = 2 sigmoid(logit) (got {m.mhc_post_main})")
     if not 0.0 <= m.deltanet_ratio < 1.0:
         raise bad("model.deltanet_ratio", "must be in [0, 1)")
     if m.use_mtp and m.mtp_n_tokens < 1:

@@ -12,7 +12,8 @@
 # STEPS (default 600; with BUDGET_MIN the step cap, default 100000, so the clock decides),
 # BUDGET_MIN (training minutes per variant via training.max_hours; the schedule decays in time),
 # STAGES (default "train eval"; run one to split the work, e.g. between CPU-lock holds),
-# COMPILE_N (default 32 held-out completions), VARIANTS (default "mhc2 n1 dense"), LIMIT (fetch only the first N packages),
+# COMPILE_N (default 32 held-out completions), VARIANTS (default "mhc2 n1 dense"; mhc2sym is n = 2 with
+# the symmetric H_post init, model.mhc_post_main=1.0), LIMIT (fetch only the first N packages),
 # TRAIN_ARGS (more `nanochat train` arguments, e.g. "--set training.eval_interval=40"), SUMMARY=0 to skip
 # the summary (when running the variants one at a time).
 # Results: $OUT/<variant>/{eval-bpb,eval-compile,eval-humaneval-rs}.json and $OUT/summary.json.
@@ -38,9 +39,10 @@ mkdir -p "$OUT"
 for v in $VARIANTS; do
   case $v in
     mhc2) sets=(--set model.mhc_n_streams=2 --set model.use_bitlinear=true) ;;
+    mhc2sym) sets=(--set model.mhc_n_streams=2 --set model.use_bitlinear=true --set model.mhc_post_main=1.0) ;;
     n1) sets=(--set model.mhc_n_streams=1 --set model.use_bitlinear=true) ;;
     dense) sets=(--set model.mhc_n_streams=1 --set model.use_bitlinear=false) ;;
-    *) echo "unknown variant $v (mhc2, n1, dense)" >&2; exit 2 ;;
+    *) echo "unknown variant $v (mhc2, mhc2sym, n1, dense)" >&2; exit 2 ;;
   esac
   [ -n "$BUDGET_MIN" ] && sets+=(--set "training.max_hours=$($PY -c "print($BUDGET_MIN / 60)")")
   run="$OUT/$v"

@@ -42,6 +42,7 @@ def _write(tmp_path, text):
     ("[model]\nnum_heads = 12\nnum_kv_heads = 5\n", "model.num_heads"),
     ("[model]\nhidden_dim = 384\nnum_heads = 6\nnum_kv_heads = 2\n", "multiple of 256"),
     ("[model]\nmhc_n_streams = 3\n", "model.mhc_n_streams"),
+    ("[model]\nmhc_post_main = 2.0\n", "model.mhc_post_main"),
     ("[optimizer]\nlr = 1\n", "[optimizer]"),
     ("[model\n", "not valid TOML"),
 ])

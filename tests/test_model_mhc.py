@@ -73,7 +73,7 @@ def test_n1_is_exactly_the_plain_residual():
 
 
 def test_symmetric_write_multi_stream_model_equals_single_stream():
-    """With H_post = 1 on every stream, the streams stay equal copies, so n = 2 and n = 4 compute
+    """With H_post = 1 on every stream (model.mhc_post_main = 1.0), the streams stay equal copies, so n = 2 and n = 4 compute
     the plain residual network: the routing maths adds nothing of its own.
     (Dense weights: with BitLinear, float rounding of the stream mix can flip an int8 activation level.)"""
     torch.manual_seed(0)
@@ -81,14 +81,15 @@ def test_symmetric_write_multi_stream_model_equals_single_stream():
     m1.init_weights(0)
     idx = torch.randint(0, 300, (2, 16))
     for n in (2, 4):
-        mn = GPT(_tiny(mhc_n_streams=n, use_bitlinear=False))
-        mn.init_weights(0)
+        mn = GPT(_tiny(mhc_n_streams=n, use_bitlinear=False, mhc_post_main=1.0))
+        mn.init_weights(0)  # keeps the configured H_post init
+        assert all(torch.allclose(b.mhc.h_post(), torch.ones(n)) for b in mn.blocks)
         missing, unexpected = mn.load_state_dict(m1.state_dict(), strict=False)
         assert not unexpected and all("mhc" in k for k in missing)
-        with torch.no_grad():
-            for b in mn.blocks:
-                b.mhc.post_logits.zero_()
         assert torch.allclose(mn(idx), m1(idx), atol=1e-4)
+        lopsided = GPT(_tiny(mhc_n_streams=n, use_bitlinear=False))
+        lopsided.load_state_dict(m1.state_dict(), strict=False)
+        assert not torch.allclose(lopsided(idx), m1(idx), atol=1e-4)
 
 
 @pytest.mark.parametrize("n", [2, 4])

@@ -33,7 +33,7 @@ def routing_drift(model: GPT) -> list[dict]:
         m = block.mhc
         if m is None:
             continue
-        init = MHC(m.n, m.layer_idx).to(m.res_logits.device)
+        init = MHC(m.n, m.layer_idx, m.post_main).to(m.res_logits.device)
         row = {"layer": i}
         for name in ("res", "pre", "post"):
             now, then = getattr(m, f"h_{name}")().float(), getattr(init, f"h_{name}")().float()

@@ -44,7 +44,7 @@ class Block(nn.Module):
         self.attn = GatedDeltaNet(cfg) if layer_idx in deltanet_layers(cfg.num_layers, cfg.deltanet_ratio) else Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
         self.ffn = make_ffn(cfg, layer_idx)  # dense SwiGLU or an MoE (moe.py)
-        self.mhc = MHC(cfg.mhc_n_streams, layer_idx) if cfg.mhc_n_streams > 1 else None
+        self.mhc = MHC(cfg.mhc_n_streams, layer_idx, cfg.mhc_post_main) if cfg.mhc_n_streams > 1 else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.mhc is None:  # n = 1: exactly the plain residual
@@ -95,7 +95,7 @@ class GPT(nn.Module):
             if isinstance(m, nn.RMSNorm):
                 m.weight.fill_(1.0)
             if isinstance(m, MHC):  # back to the near-identity init
-                m.__init__(m.n, m.layer_idx)
+                m.__init__(m.n, m.layer_idx, m.post_main)
             if isinstance(m, GatedDeltaNet):  # decay/dt gates and conv: fla's init, seeded
                 m.reset_gates(gen)
 

@@ -23,8 +23,8 @@ weight ~0.88 for n = 2, as in hyper-connections' static init) and writes mostly 
 the next block reads, (l + 1) mod n (H_post = POST_MAIN there, the rest share n - POST_MAIN).
 Each block then sees its predecessor's output at about 1.5x and older outputs at 0.6-1.3x, the
 streams differ from block 0 on, and H_res learns from the first step. (Writing into the block's
-own stream instead would show each block its predecessor at 0.54x.) Measured against the
-symmetric write in README "Real Rust".
+own stream instead would show each block its predecessor at 0.54x.) `model.mhc_post_main = 1.0`
+gives the symmetric write; README "Real Rust" measures the two.
 """
 
 from __future__ import annotations
@@ -35,9 +35,12 @@ import math
 import torch
 import torch.nn as nn
 
+from ..config import ModelConfig
+
 IDENTITY_WEIGHT = 0.9  # weight of the identity permutation in H_res at init
 PRE_LOGIT = 2.0  # H_pre logit of the stream a block reads from at init
-POST_MAIN = 1.6  # H_post weight, at init, of the stream the next block reads (the others share n - POST_MAIN)
+# H_post weight, at init, of the stream the next block reads (the others share n - POST_MAIN)
+POST_MAIN = ModelConfig.mhc_post_main
 
 
 def permutation_matrices(n: int) -> torch.Tensor:
@@ -66,9 +69,10 @@ def res_matrix(res_logits: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
 class MHC(nn.Module):
     """The routing parameters of one block for n in {2, 4} streams (n = 1 needs none)."""
 
-    def __init__(self, n: int, layer_idx: int = 0):
+    def __init__(self, n: int, layer_idx: int = 0, post_main: float = POST_MAIN):
         super().__init__()
         self.layer_idx = layer_idx
+        self.post_main = post_main
         if n not in (2, 4):
             raise ValueError(f"mHC supports 2 or 4 streams here (n = 1 is the plain residual), got {n}")
         self.n = n
@@ -82,9 +86,9 @@ class MHC(nn.Module):
         pre[layer_idx % n] = PRE_LOGIT
         self.pre_logits = nn.Parameter(pre)
         # H_post = 2 sigmoid(logit): logit(h / 2) gives weight h; the weights' mean over streams is 1
-        rest = (n - POST_MAIN) / (n - 1)
+        rest = (n - post_main) / (n - 1)
         post = torch.full((n,), math.log(rest / (2 - rest)))
-        post[(layer_idx + 1) % n] = math.log(POST_MAIN / (2 - POST_MAIN))
+        post[(layer_idx + 1) % n] = math.log(post_main / (2 - post_main))
         self.post_logits = nn.Parameter(post)
 
     def h_res(self) -> torch.Tensor:
@@ -112,8 +116,8 @@ def composite_gain(h_res_list: list[torch.Tensor]) -> float:
     """Largest absolute row or column sum of the product of all H_res (1.0 for n = 1)."""
     if not h_res_list:
         return 1.0
-    prod = h_res_list[0].double()
+    prod = h_res_list[0].detach().double()
     for h in h_res_list[1:]:
-        prod = h.double() @ prod
+        prod = h.detach().double() @ prod
     a = prod.abs()
     return float(max(a.sum(0).max(), a.sum(1).max()))
