@@ -10,8 +10,8 @@ MODEL = {"hidden_dim": 256, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, 
          "max_seq_len": 64, "vocab_size": 128, "use_mtp": False}
 
 
-def _model(n: int) -> GPT:
-    cfg = config_from_dict({"model": {**MODEL, "mhc_n_streams": n}, "training": {"seq_length": 32}}, source="test")
+def _model(n: int, **kw) -> GPT:
+    cfg = config_from_dict({"model": {**MODEL, "mhc_n_streams": n, **kw}, "training": {"seq_length": 32}}, source="test")
     torch.manual_seed(0)
     model = GPT(cfg.model)
     model.init_weights(seed=0)
@@ -36,6 +36,11 @@ def test_fresh_model_has_not_moved_and_its_streams_already_differ():
         for b in model.blocks:
             b.mhc.post_logits.zero_()
     assert all(abs(c - 1.0) < 1e-5 for c in stream_cosines(model, _tokens()))
+
+
+def test_a_symmetric_init_run_is_measured_against_its_own_init():
+    rows = routing_drift(_model(2, mhc_post_main=1.0))
+    assert all(r["d_post"] == 0.0 and r["post_logit_moved"] == 0.0 for r in rows)
 
 
 def test_moved_logits_are_measured():
