@@ -6,7 +6,8 @@
 #
 #   bash scripts/rust_variants.sh                      # everything (fetch, build, 3 variants)
 #   VARIANTS="n1" STEPS=300 bash scripts/rust_variants.sh   # one variant, shorter
-#   BUDGET_MIN=12 bash scripts/rust_variants.sh        # the README "Real Rust" table: 12 min each
+#   BUDGET_MIN=15 VARIANTS="mhc2 n1 dense mhc2sym" TRAIN_ARGS="--set training.eval_interval=50" \
+#     bash scripts/rust_variants.sh                    # the README "Real Rust" table: 15 min each
 #
 # Env: OUT (default runs/rust_variants), DEBIAN (default data/debian), DATA (default data/rust_v8k),
 # STEPS (default 600; with BUDGET_MIN the step cap, default 100000, so the clock decides),
