@@ -45,8 +45,9 @@ void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const
     }
   }
   float scale = 1.0f / sqrtf((float)hd);
-  int64_t work = (int64_t)R * H * (pos[R - 1] + 1) * hd;
-  #pragma omp parallel if (work > NC_PARALLEL_WORK)
+  int64_t work = 0;  /* multiply-adds of scores and weighted sums (an expf per score on top) */
+  for (int r = 0; r < R; r++) work += 2 * (int64_t)H * (pos[r] + 1) * hd;
+  #pragma omp parallel if (work > NC_PARALLEL_WORK / 8)
   {
     int maxlen = 0;
     for (int r = 0; r < R; r++) maxlen = pos[r] + 1 > maxlen ? pos[r] + 1 : maxlen;

@@ -104,10 +104,12 @@ AI void i8_tile(const uint8_t* xu, const int8_t* w, int64_t K, const int NR, con
     _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_si512(xu + i * K + k);
     _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
       __m512i wv = _mm512_loadu_si512(w + r * K + k);
-      _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) va[r * MT + i] = _mm512_dpbusd_epi32(va[r * MT + i], xv[i], wv);
+      _mm_prefetch((const char*)(w + (r + NR) * K + k), _MM_HINT_T0);  /* the next tile's rows */
+      _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) va[r * MT + i] = nc_dpbusd(va[r * MT + i], xv[i], wv);
     }
   }
-  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
+  if (NR * MT == 16) nc_reduce16_epi32(va, acc);
+  else _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
 #elif defined(NC_AVX2)
   __m256i va[16];
   _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm256_setzero_si256();
@@ -162,12 +164,12 @@ static void i8_rows_m1(int K, const uint8_t* xu, const int8_t* w, const int32_t*
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     int k = 0;
     for (; k + 256 <= K; k += 256) {
-      a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xu + k), _mm512_loadu_si512(wr + k));
-      a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(xu + k + 64), _mm512_loadu_si512(wr + k + 64));
-      a2 = _mm512_dpbusd_epi32(a2, _mm512_loadu_si512(xu + k + 128), _mm512_loadu_si512(wr + k + 128));
-      a3 = _mm512_dpbusd_epi32(a3, _mm512_loadu_si512(xu + k + 192), _mm512_loadu_si512(wr + k + 192));
+      a0 = nc_dpbusd(a0, _mm512_loadu_si512(xu + k), _mm512_loadu_si512(wr + k));
+      a1 = nc_dpbusd(a1, _mm512_loadu_si512(xu + k + 64), _mm512_loadu_si512(wr + k + 64));
+      a2 = nc_dpbusd(a2, _mm512_loadu_si512(xu + k + 128), _mm512_loadu_si512(wr + k + 128));
+      a3 = nc_dpbusd(a3, _mm512_loadu_si512(xu + k + 192), _mm512_loadu_si512(wr + k + 192));
     }
-    for (; k < K; k += 64) a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xu + k), _mm512_loadu_si512(wr + k));
+    for (; k < K; k += 64) a0 = nc_dpbusd(a0, _mm512_loadu_si512(xu + k), _mm512_loadu_si512(wr + k));
     int32_t acc = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
     out[n] = (float)(acc - 128 * wsum[n]) * sw[n] / xs;
   }

@@ -84,11 +84,12 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
       _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) xv[i] = _mm512_loadu_si512(xq + i * K + b * 256 + 64 * s);
       _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
         __m512i ws = _mm512_and_si512(_mm512_srli_epi16(v[r], 2 * s), mask);
-        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) acc[r * MT + i] = _mm512_dpbusd_epi32(acc[r * MT + i], ws, xv[i]);
+        _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) acc[r * MT + i] = nc_dpbusd(acc[r * MT + i], ws, xv[i]);
       }
     }
   }
-  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) out[j] = _mm512_reduce_add_epi32(acc[j]);
+  if (NR * MT == 16) nc_reduce16_epi32(acc, out);
+  else _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) out[j] = _mm512_reduce_add_epi32(acc[j]);
 #elif defined(NC_AVX2)
   const __m256i mask = _mm256_set1_epi8(3);
   __m256i acc[16];
@@ -185,10 +186,10 @@ static void tern_rows_m1(int K, const int8_t* xq, const uint8_t* w, const float*
       for (int b = g * nb; b < (g + 1) * nb; b++) {
         __m512i v = _mm512_loadu_si512(wr + b * 64);
         const int8_t* xb = xq + b * 256;
-        a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, mask), _mm512_loadu_si512(xb));
-        a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(v, 2), mask), _mm512_loadu_si512(xb + 64));
-        a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask), _mm512_loadu_si512(xb + 128));
-        a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(_mm512_srli_epi16(v, 6), mask), _mm512_loadu_si512(xb + 192));
+        a0 = nc_dpbusd(a0, _mm512_and_si512(v, mask), _mm512_loadu_si512(xb));
+        a1 = nc_dpbusd(a1, _mm512_and_si512(_mm512_srli_epi16(v, 2), mask), _mm512_loadu_si512(xb + 64));
+        a2 = nc_dpbusd(a2, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask), _mm512_loadu_si512(xb + 128));
+        a3 = nc_dpbusd(a3, _mm512_and_si512(_mm512_srli_epi16(v, 6), mask), _mm512_loadu_si512(xb + 192));
       }
       int32_t acc = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
       res += sw[(int64_t)n * G + g] * (float)(acc - xsum[g]);
@@ -228,10 +229,23 @@ static void tern_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, 
    scratch: xn[M*K] floats, xq[M*K], xs[M], xsum[M*G] */
 void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float eps, int glu, const uint8_t* w,
                      const float* sw, int G, int Q, float* out, float* xn, int8_t* xq, float* xs, int32_t* xsum) {
-  quant_rows(M, K, x, nw, eps, glu, xn, Q, G, xq, xs, xsum);
   int64_t work = (int64_t)M * N * K;
-  #pragma omp parallel if (work > NC_PARALLEL_WORK)
+  if (work <= NC_PARALLEL_WORK) {
+    quant_rows(M, K, x, nw, eps, glu, xn, Q, G, xq, xs, xsum);
+    tern_range(M, N, K, xq, w, sw, G, xs, xsum, out, 0, N);
+    return;
+  }
+  #pragma omp parallel
   {
+    /* each thread prepares its share of the token rows (row by row: the same numbers as one
+       thread; a SwiGLU input's expf calls are a large part of a batched decode step), then
+       computes its share of the output rows for all tokens */
+    int T = omp_get_num_threads(), t = omp_get_thread_num();
+    int m0 = (int)((int64_t)M * t / T), m1 = (int)((int64_t)M * (t + 1) / T);
+    if (m1 > m0)
+      quant_rows(m1 - m0, K, x + (int64_t)m0 * K * (glu ? 2 : 1), nw, eps, glu, xn + (int64_t)m0 * K, Q, G,
+                 xq + (int64_t)m0 * K, xs + m0, xsum + m0 * G);
+    #pragma omp barrier
     int n0, n1;
     nc_thread_rows(N, &n0, &n1);
     tern_range(M, N, K, xq, w, sw, G, xs, xsum, out, n0, n1);
