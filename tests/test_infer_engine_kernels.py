@@ -117,6 +117,28 @@ def test_gather_dot_rescoring(lib, portable):
             assert torch.equal(K.gather_dot(x[2:3], w, idx[2:3], lb), out[2:3])
 
 
+def _topk_reference(row: list[float], k: int) -> list[int]:
+    """Largest first, ties to the lower index, NaN last (the native top-k's contract)."""
+    return sorted(range(len(row)), key=lambda j: (row[j] != row[j], -row[j] if row[j] == row[j] else 0.0, j))[:k]
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 32000, 64), (9, 5000, 64), (3, 100, 100), (2, 70, 1)])
+def test_topk_indices(isa_lib, m, n, k):
+    """The head's candidate selection: each row's k largest, largest first, ties to the lower
+    index, NaNs last (rows with many ties, a NaN-led row, -inf; 9 x 5000 runs on all threads)."""
+    g = torch.Generator().manual_seed(m)
+    x = (torch.randn(m, n, generator=g) * 4).round()  # integers: many ties at the boundary
+    x[0, :5] = float("nan")
+    x[-1, 3] = float("-inf")
+    got = K.topk_indices(x, k, isa_lib)
+    assert got.dtype == torch.long and got.shape == (m, k)
+    for r in range(m):
+        assert got[r].tolist() == _topk_reference(x[r].tolist(), k)
+    assert torch.equal(K.topk_indices(x[1:2], k, isa_lib), got[1:2])  # a row does not depend on the others
+    y = torch.randn(m, n, generator=g)  # no ties: the same set and order as torch.topk
+    assert torch.equal(K.topk_indices(y, k, isa_lib), K.topk_indices(y, k, None))
+
+
 def test_compile_cache_reuses_library(tmp_path):
     a = K.compile_kernels(cache_dir=tmp_path)
     mtime = a.stat().st_mtime_ns

@@ -176,6 +176,18 @@ def gather_dot(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, lib: ctypes.
     return (w[idx].float() * x.unsqueeze(1)).sum(-1)
 
 
+def topk_indices(x: torch.Tensor, k: int, lib: ctypes.CDLL | None) -> torch.Tensor:
+    """int64 [M, k]: the indices of each row's k largest values of x float32 [M, N], largest first
+    (ties: the lower index first on the native back-end)."""
+    k = min(k, x.shape[1])
+    if lib is None:
+        return x.topk(k, dim=-1).indices
+    x = x.contiguous()
+    idx = torch.empty(x.shape[0], k, dtype=torch.long)
+    lib.nc_topk(x.shape[0], x.shape[1], k, x.data_ptr(), idx.data_ptr())
+    return idx
+
+
 # ---------------------------------------------------------------------------------------------
 # int8 copy of a dense matrix (the approximate tied head)
 

@@ -85,6 +85,8 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.nc_f16_gather_dot.restype = None
     lib.nc_int8_gemm.argtypes = [i, i, i, p, p, p, p, p, p, p]
     lib.nc_int8_gemm.restype = None
+    lib.nc_topk.argtypes = [i, i, i, p, p]
+    lib.nc_topk.restype = None
     lib.nc_isa.restype = ctypes.c_char_p
     lib.nc_cpu_features.restype = ctypes.c_int
     return lib

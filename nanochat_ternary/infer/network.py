@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..model.mhc import permutation_matrices, res_matrix
 from .deltanet_mixer import DeltaNetMixer
 from .gguf_model import GGUFModel, Projection
-from .kernels import dense_matmul, gather_dot, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, ternary_matmul
+from .kernels import dense_matmul, gather_dot, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, ternary_matmul, topk_indices
 from .moe import MoEFFN, is_moe_layer
 
 # attention(layer, qkv [N, (H + 2 kv) * hd] before RoPE) -> [N, H * hd] (RoPE, cache, attention)
@@ -191,7 +191,7 @@ class Network:
         if self.head_i8 is None:
             return dense_matmul(h, self.head_weight, self.lib)
         logits = int8_matmul(h, self.head_i8, self.lib)
-        top = logits.topk(min(RESCORE_TOP, logits.shape[1]), dim=-1).indices  # [N, k]
+        top = topk_indices(logits, RESCORE_TOP, self.lib)  # [N, k]
         return logits.scatter_(1, top, gather_dot(h, self.embed_table, top, self.lib))
 
     def head(self, z: torch.Tensor) -> torch.Tensor:

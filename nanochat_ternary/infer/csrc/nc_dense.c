@@ -217,3 +217,72 @@ void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const in
     i8_range(M, N, K, xu, w, wsum, sw, xs, out, n0, n1);
   }
 }
+
+/* ---- top-k of each row (the head's candidates for exact rescoring).
+   idx[m, :k] = the indices of the k largest values of row m of x [M, N], largest first, ties to the
+   lower index (k <= N). A lower bound t on the k-th largest comes first: the smallest of the maxima
+   of k disjoint chunks (those k maxima are all >= t); only the values >= t (a few times k for
+   logits) are then sorted. torch.topk on [8, 32000] took 0.34 ms, 4% of a batch-8 decode step. */
+typedef struct { float v; int32_t i; } nc_cand;
+static int topk_cmp(const void* a, const void* b) {
+  const nc_cand *p = (const nc_cand*)a, *q = (const nc_cand*)b;
+  int pn = p->v != p->v, qn = q->v != q->v;  /* descending, NaNs last, ties by index */
+  if (pn != qn) return pn ? 1 : -1;
+  if (!pn && p->v != q->v) return p->v < q->v ? 1 : -1;
+  return p->i < q->i ? -1 : 1;
+}
+
+/* the largest value of x[j0..j1) in 16 lanes (compare + blend: vectorises without fast-math) */
+static float max_range(const float* x, int j0, int j1) {
+  float m[16];
+  int j = j0;
+  if (j1 - j0 >= 16) {
+    for (int l = 0; l < 16; l++) m[l] = x[j + l];
+    for (j += 16; j + 16 <= j1; j += 16)
+      for (int l = 0; l < 16; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+  } else {
+    for (int l = 0; l < 16; l++) m[l] = x[j0];
+  }
+  for (; j < j1; j++) m[0] = x[j] > m[0] ? x[j] : m[0];
+  float r = m[0];
+  for (int l = 1; l < 16; l++) r = m[l] > r ? m[l] : r;
+  return r;
+}
+
+static void topk_row(int N, int k, const float* x, nc_cand* cand, int64_t* idx) {
+  float t = INFINITY;
+  for (int c = 0; c < k; c++) {
+    float mx = max_range(x, (int)((int64_t)N * c / k), (int)((int64_t)N * (c + 1) / k));
+    t = mx < t ? mx : t;
+  }
+  int n = 0;
+  if (t == t) {
+    /* the top k so far, kept sorted (descending, ties by index) in cand[0..n): a value enters
+       where it belongs, the k-th drops out; t rises to the current k-th once k are held */
+    for (int j = 0; j < N; j++) {
+      float v = x[j];
+      if (!(v >= t)) continue;
+      if (n == k && !(v > cand[k - 1].v)) continue;  /* a tie with the k-th keeps the lower index */
+      int at = n < k ? n : k - 1;
+      while (at > 0 && v > cand[at - 1].v) { cand[at] = cand[at - 1]; at--; }
+      cand[at] = (nc_cand){v, j};
+      if (n < k) n++;
+      if (n == k) t = cand[k - 1].v;
+    }
+  }
+  if (n < k) {  /* NaNs hid the bound: sort the whole row */
+    for (int j = 0; j < N; j++) cand[j] = (nc_cand){x[j], j};
+    qsort(cand, N, sizeof *cand, topk_cmp);
+  }
+  for (int j = 0; j < k; j++) idx[j] = cand[j].i;
+}
+
+void nc_topk(int M, int N, int k, const float* x, int64_t* idx) {
+  #pragma omp parallel if (M > 1 && (int64_t)M * N > (1 << 15))
+  {
+    nc_cand* cand = (nc_cand*)malloc(sizeof(nc_cand) * N);
+    #pragma omp for schedule(static)
+    for (int m = 0; m < M; m++) topk_row(N, k, x + (int64_t)m * N, cand, idx + (int64_t)m * k);
+    free(cand);
+  }
+}
