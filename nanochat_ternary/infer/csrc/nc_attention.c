@@ -20,25 +20,41 @@ static void rope_row(float* x, int hd, const float* c, const float* s) {
   }
 }
 
-/* 16 floats as one value: GCC lowers it to one zmm (AVX-512), two ymm (AVX2) or plain code, so
-   one source serves every build; a row's sums run in the same order on each of them */
-typedef float v16 __attribute__((vector_size(64)));
-/* GCC warns that passing v16 by value has another ABI where AVX-512 is off: these helpers are
-   static and inlined, never an ABI boundary */
-#pragma GCC diagnostic ignored "-Wpsabi"
-AI v16 ld16(const float* p) { v16 v; __builtin_memcpy(&v, p, sizeof v); return v; }
-AI void st16(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
+/* VW floats as one value, VW the build's vector width (16: AVX-512, 8: AVX2, 4: SSE2 / NEON), so
+   one source serves every build (wider GCC vectors on a narrower ISA go through memory: 4-5x
+   slower, measured). A row's sums run in the same order whatever the batch. */
+#if defined(NC_AVX512)
+#define VW 16
+#elif defined(NC_AVX2)
+#define VW 8
+#else
+#define VW 4
+#endif
+typedef float vf __attribute__((vector_size(VW * 4)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
-AI float hsum16(v16 a) {  /* lanes l + 8, then + 4, + 2, + 1: a fixed tree */
+/* GCC warns that passing wide vectors by value has another ABI where the ISA lacks them: these
+   helpers are static and inlined, never an ABI boundary */
+#pragma GCC diagnostic ignored "-Wpsabi"
+AI vf ldv(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
+AI void stv(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+AI float hsumv(vf a) {  /* halves added until 4 lanes are left, then (0 + 2) + (1 + 3) */
+#if VW == 16
   v8 lo, hi;
   __builtin_memcpy(&lo, &a, sizeof lo);
   __builtin_memcpy(&hi, (const char*)&a + sizeof lo, sizeof hi);
-  v8 s8 = lo + hi;
+  v8 b = lo + hi;
+#elif VW == 8
+  v8 b = a;
+#endif
+#if VW >= 8
   v4 l4, h4;
-  __builtin_memcpy(&l4, &s8, sizeof l4);
-  __builtin_memcpy(&h4, (const char*)&s8 + sizeof l4, sizeof h4);
+  __builtin_memcpy(&l4, &b, sizeof l4);
+  __builtin_memcpy(&h4, (const char*)&b + sizeof l4, sizeof h4);
   v4 s4 = l4 + h4;
+#else
+  v4 s4 = a;
+#endif
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
@@ -64,18 +80,18 @@ AI float exp_neg(float x) {
 
 /* one kv group of one row: its G query heads q [G, hd] (RoPE applied) over keys/values 0..n-1
    (kb, vb: [cap, hd]); every key and value is loaded once for all G heads. p: [G, n] scratch,
-   o: [G, hd] output. hd a multiple of 16 (else scalar loops, same maths). */
+   o: [G, hd] output. hd a multiple of VW (else scalar loops, same maths). */
 static void attend_group(int G, int hd, int n, float scale, const float* q, const float* kb, const float* vb, float* p, float* o) {
-  int vec = hd % 16 == 0;
+  int vec = hd % VW == 0;
   for (int j = 0; j < n; j++) {
     const float* k = kb + (int64_t)j * hd;
     for (int h = 0; h < G; h++) {
       const float* qh = q + h * hd;
       float d;
       if (vec) {
-        v16 acc = ld16(qh) * ld16(k);
-        for (int i = 16; i < hd; i += 16) acc += ld16(qh + i) * ld16(k + i);
-        d = hsum16(acc);
+        vf acc = ldv(qh) * ldv(k);
+        for (int i = VW; i < hd; i += VW) acc += ldv(qh + i) * ldv(k + i);
+        d = hsumv(acc);
       } else {
         d = 0.f;
         for (int i = 0; i < hd; i++) d += qh[i] * k[i];
@@ -95,23 +111,22 @@ static void attend_group(int G, int hd, int n, float scale, const float* q, cons
   for (int h = 0; h < G; h++) {
     const float* ph = p + h * n;
     float* oh = o + h * hd;
-    if (vec) {  /* 64 outputs at a time in registers (a sum kept in memory waits on its own store) */
-      for (int i0 = 0; i0 < hd; i0 += 64) {
-        int c = hd - i0 < 64 ? (hd - i0) / 16 : 4;
-        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    if (vec) {  /* 4 VW outputs at a time in registers (a sum kept in memory waits on its own store) */
+      for (int i0 = 0; i0 < hd; i0 += 4 * VW) {
+        int c = hd - i0 < 4 * VW ? (hd - i0) / VW : 4;
+        vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int j = 0; j < n; j++) {
           const float* v = vb + (int64_t)j * hd + i0;
-          float w = ph[j];
-          v16 wv = {w, w, w, w, w, w, w, w, w, w, w, w, w, w, w, w};
-          a0 += wv * ld16(v);
-          if (c > 1) a1 += wv * ld16(v + 16);
-          if (c > 2) a2 += wv * ld16(v + 32);
-          if (c > 3) a3 += wv * ld16(v + 48);
+          vf wv = (vf){0} + ph[j];
+          a0 += wv * ldv(v);
+          if (c > 1) a1 += wv * ldv(v + VW);
+          if (c > 2) a2 += wv * ldv(v + 2 * VW);
+          if (c > 3) a3 += wv * ldv(v + 3 * VW);
         }
-        st16(oh + i0, a0);
-        if (c > 1) st16(oh + i0 + 16, a1);
-        if (c > 2) st16(oh + i0 + 32, a2);
-        if (c > 3) st16(oh + i0 + 48, a3);
+        stv(oh + i0, a0);
+        if (c > 1) stv(oh + i0 + VW, a1);
+        if (c > 2) stv(oh + i0 + 2 * VW, a2);
+        if (c > 3) stv(oh + i0 + 3 * VW, a3);
       }
     } else {
       for (int i = 0; i < hd; i++) oh[i] = 0.f;
