@@ -124,9 +124,9 @@ class Engine:
         slots = torch.tensor([s.slot for s in states], dtype=torch.long)
         recur = Recurrence(self.deltanet, states, single=False) if self.deltanet else None
         z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv), recur)
-        for j, s in enumerate(states):
+        for s, zj in zip(states, z.unbind(0)):  # views of this step's z: one op, not a copy per row
             s.length += 1
-            s.last_z = z[j].clone()
+            s.last_z = zj
         return self.net.head(z)
 
     @torch.no_grad()
