@@ -119,6 +119,7 @@ AI void i8_tile(const uint8_t* xu, const int8_t* w, int64_t K, const int NR, con
   for (int64_t k = 0; k < K; k += 32) {
     _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
       __m256i wv = _mm256_loadu_si256((const __m256i*)(w + r * K + k));
+      _mm_prefetch((const char*)(w + (r + NR) * K + k), _MM_HINT_T0);  /* the next tile's rows */
 #if defined(NC_AVXVNNI)
       _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
         va[r * MT + i] = _mm256_dpbusd_avx_epi32(va[r * MT + i], _mm256_loadu_si256((const __m256i*)(xu + i * K + k)), wv);

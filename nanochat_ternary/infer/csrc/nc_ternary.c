@@ -113,7 +113,8 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
     __m256i a16[16];
     _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) a16[j] = _mm256_setzero_si256();
     for (; b < be; b++)
-      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
+      _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
+        _mm_prefetch((const char*)(w + (r + NR) * KB + b * 64), _MM_HINT_T0);  /* the next tile's rows */
         _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
           __m256i v = _mm256_loadu_si256((const __m256i*)(w + r * KB + b * 64 + 32 * h));
           _Pragma("GCC unroll 4") for (int s = 0; s < 4; s++) {
@@ -123,6 +124,7 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
                                                  _mm256_loadu_si256((const __m256i*)(xq + i * K + b * 256 + 64 * s + 32 * h))));
           }
         }
+      }
     _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(a16[j], ones));
   }
 #endif
