@@ -79,34 +79,3 @@ def test_shared_input_linear_equals_the_separate_layers_and_their_gradients():
         torch.testing.assert_close(fused, separate, rtol=1e-5, atol=1e-5)
         for a, b in zip(got, [x.grad] + [m.weight.grad for m in layers]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_cpu_integer_forward_matches_the_float_path(monkeypatch):
-    """On a float32 CPU tensor the forward is an exact int8 x int8 product (torch._int_mm) scaled
-    per token and column: the fake-quantised float matmul's values and the same STE gradients;
-    per-group scales and other dtypes keep the float path."""
-    from nanochat_ternary.model import bitlinear
-
-    calls = []
-    int_mm = torch._int_mm
-    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.shape) or int_mm(a, b))
-    torch.manual_seed(3)
-    layers = [BitLinear(256, 64), BitLinear(256, 32)]
-    x = (torch.randn(3, 7, 256) * 5).requires_grad_()
-    grad = torch.randn(3, 7, 96)
-    results = []
-    for integer in (True, False):
-        monkeypatch.setattr(bitlinear, "_integer_path", lambda x, layers, on=integer: on)
-        y = shared_input_linear(x, layers)
-        y.backward(grad)
-        results.append([y.detach(), x.grad.clone()] + [m.weight.grad.clone() for m in layers])
-        x.grad = None
-        for m in layers:
-            m.weight.grad = None
-    assert calls == [(21, 256)]  # the integer run only, one product for both weights
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    monkeypatch.undo()
-    assert bitlinear._integer_path(x, layers)
-    assert not bitlinear._integer_path(x, [BitLinear(256, 8, 8, 256)])  # group scales
-    assert not bitlinear._integer_path(x.detach().bfloat16(), layers)

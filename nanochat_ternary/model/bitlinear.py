@@ -75,56 +75,6 @@ def ste(x: torch.Tensor, quantize, arg) -> torch.Tensor:
     return _STE.apply(x, quantize, arg)
 
 
-class _IntegerBitMatmul(torch.autograd.Function):
-    """quant(x) @ ternary(W_1 | W_2 | ...)^T on the CPU, the forward as an exact int8 x int8 -> int32
-    product (`torch._int_mm`, oneDNN's VNNI / AVX2 integer GEMM: 4x float32 matmul speed on
-    AVX-512 VNNI, 2x on AVX2, measured at the tiny config's shapes), then one float scale per token
-    and output column. The values are the fake-quantised float matmul's, up to its float rounding
-    (the integer sum is exact). Backward: the straight-through estimator, float32 products with the
-    dequantised operands, as `F.linear(ste(x), ste(W))` computes them. It keeps int8 copies for the
-    backward (a quarter of the float bytes)."""
-
-    @staticmethod
-    def forward(ctx, x, bits, *weights):
-        q = 2 ** (bits - 1) - 1
-        x2 = x.reshape(-1, x.shape[-1])
-        sx = q / x2.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1e-5)
-        x8 = (x2 * sx).round_().clamp_(-q - 1, q).to(torch.int8)
-        ts, cols = [], []
-        for w in weights:
-            scale = weight_scale(w)
-            ts.append((w / scale).round_().clamp_(-1, 1).to(torch.int8))
-            cols.append(scale.expand(w.shape[0]))
-        t8, col_scale = torch.cat(ts), torch.cat(cols)
-        y = torch._int_mm(x8, t8.t()).float().mul_(col_scale).div_(sx)
-        ctx.save_for_backward(x8, sx, t8, col_scale)
-        ctx.rows = [w.shape[0] for w in weights]
-        ctx.x_shape = x.shape
-        return y.reshape(*x.shape[:-1], t8.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x8, sx, t8, col_scale = ctx.saved_tensors
-        g = grad.reshape(-1, t8.shape[0])
-        grad_x = (g @ (t8.float() * col_scale[:, None])).reshape(ctx.x_shape)
-        grad_w = g.t() @ (x8.float() / sx)
-        return (grad_x, None, *grad_w.split(ctx.rows))
-
-
-def _integer_path(x: torch.Tensor, layers: list["BitLinear"]) -> bool:
-    """The integer forward serves float32 CPU tensors with per-tensor weight scales."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and all(m.group_size == 0 and m.weight.dtype == torch.float32 for m in layers))
-
-
-def bit_matmul(x: torch.Tensor, layers: list["BitLinear"]) -> torch.Tensor:
-    """`F.linear(ste(x), cat(ste(W_i)))` for BitLinears of one activation width reading x."""
-    if _integer_path(x, layers):
-        return _IntegerBitMatmul.apply(x, layers[0].activation_bits, *[m.weight for m in layers])
-    x = ste(x, quantize_activation, layers[0].activation_bits)
-    return F.linear(x, torch.cat([ste(m.weight, quantize_weight, m.group_size) for m in layers]))
-
-
 class BitLinear(nn.Linear):
     """A bias-free nn.Linear whose forward uses ternary weights and quantized activations."""
 
@@ -134,7 +84,9 @@ class BitLinear(nn.Linear):
         self.group_size = group_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bit_matmul(x, [self])
+        w_q = ste(self.weight, quantize_weight, self.group_size)
+        x_q = ste(x, quantize_activation, self.activation_bits)
+        return F.linear(x_q, w_q)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation_bits={self.activation_bits}, group_size={self.group_size}"
@@ -149,8 +101,9 @@ def shared_input_linear(x: torch.Tensor, layers: list[nn.Linear]) -> torch.Tenso
     at small widths the per-call overhead and the repeated quantisers cost as much as the matmuls.
     The results equal the separate calls' up to float summation order."""
     if all(type(m) is BitLinear for m in layers) and len({m.activation_bits for m in layers}) == 1:
-        return bit_matmul(x, layers)
-    if all(type(m) is nn.Linear and m.bias is None for m in layers):
+        x = ste(x, quantize_activation, layers[0].activation_bits)
+        w = torch.cat([ste(m.weight, quantize_weight, m.group_size) for m in layers])
+    elif all(type(m) is nn.Linear and m.bias is None for m in layers):
         w = torch.cat([m.weight for m in layers])
     else:
         return torch.cat([m(x) for m in layers], dim=-1)
