@@ -63,24 +63,6 @@ AI __m512i nc_dpbusd(__m512i acc, __m512i a, __m512i b) {
 }
 #endif
 
-#ifdef NC_AVX512
-/* out[j] = the sum of a[j]'s 16 lanes, j < 16: a transpose-and-add tree (45 instructions where
-   16 separate _mm512_reduce_add_epi32 take about 150; the integer sums are the same) */
-AI void nc_reduce16_epi32(const __m512i* a, int32_t* out) {
-  __m512i t[8], s[4];
-  /* per 128-bit lane: t[j] = (a[2j]0 + a[2j]2, a[2j+1]0 + a[2j+1]2, a[2j]1 + a[2j]3, a[2j+1]1 + a[2j+1]3) */
-  _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)
-    t[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2 * j], a[2 * j + 1]), _mm512_unpackhi_epi32(a[2 * j], a[2 * j + 1]));
-  /* per 128-bit lane: s[j] = lane partial sums of a[4j], a[4j+1], a[4j+2], a[4j+3] */
-  _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
-    s[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]), _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
-  /* add the four 128-bit lanes: lanes (0, 2) + (1, 3) of two vectors at a time, twice */
-  __m512i x = _mm512_add_epi32(_mm512_shuffle_i32x4(s[0], s[1], 0x88), _mm512_shuffle_i32x4(s[0], s[1], 0xdd));
-  __m512i y = _mm512_add_epi32(_mm512_shuffle_i32x4(s[2], s[3], 0x88), _mm512_shuffle_i32x4(s[2], s[3], 0xdd));
-  _mm512_storeu_si512(out, _mm512_add_epi32(_mm512_shuffle_i32x4(x, y, 0x88), _mm512_shuffle_i32x4(x, y, 0xdd)));
-}
-#endif
-
 #ifdef NC_AVX2
 AI int32_t nc_hsum256(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));

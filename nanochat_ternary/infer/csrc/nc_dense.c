@@ -108,8 +108,7 @@ AI void i8_tile(const uint8_t* xu, const int8_t* w, int64_t K, const int NR, con
       _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) va[r * MT + i] = nc_dpbusd(va[r * MT + i], xv[i], wv);
     }
   }
-  if (NR * MT == 16) nc_reduce16_epi32(va, acc);
-  else _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
 #elif defined(NC_AVX2)
   __m256i va[16];
   _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm256_setzero_si256();

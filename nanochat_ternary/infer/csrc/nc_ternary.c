@@ -88,8 +88,7 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
       }
     }
   }
-  if (NR * MT == 16) nc_reduce16_epi32(acc, out);
-  else _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) out[j] = _mm512_reduce_add_epi32(acc[j]);
+  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) out[j] = _mm512_reduce_add_epi32(acc[j]);
 #elif defined(NC_AVX2)
   const __m256i mask = _mm256_set1_epi8(3);
   __m256i acc[16];
