@@ -1,7 +1,8 @@
 """Device selection and per-device numerics: CPU, CUDA (bf16 autocast) and Apple MPS.
 
-CPU: fp32 with flush-denormal on (denormals made CPU steps up to 15x slower here); bf16 and
-torch.compile were measured no faster on CPU, so they stay GPU options.
+CPU: fp32 with flush-denormal on (denormals made CPU steps up to 15x slower here) and freed
+memory kept for reuse (cpu_malloc.py); bf16 and torch.compile were measured no faster on CPU, so
+they stay GPU options.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 
 import torch
 
+from .cpu_malloc import keep_freed_memory
 from .errors import ConfigError
 
 
@@ -32,6 +34,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 def setup_device(device: torch.device, num_threads: int = 0) -> None:
     if device.type == "cpu":
         torch.set_flush_denormal(True)
+        keep_freed_memory()
         if num_threads:
             torch.set_num_threads(num_threads)
     elif device.type == "cuda":

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from .ce_entropy import cross_entropy_entropy
 
 # Default chunk: about 2^23 logits (32 MB in float32) whatever the vocabulary: 262 tokens at a
 # 32,000-token vocabulary; the tiny configs (1,024 tokens) fit their whole batch in one chunk.
@@ -30,11 +31,7 @@ def default_chunk_tokens(vocab_size: int) -> int:
 
 
 def _chunk_sums(head: Callable, h: torch.Tensor, targets: torch.Tensor, with_entropy: bool):
-    logp = F.log_softmax(head(h).float(), dim=-1)
-    nll = F.nll_loss(logp, targets, reduction="sum")
-    if not with_entropy:
-        return nll, torch.zeros((), device=h.device)
-    return nll, -(logp.exp() * logp).sum()
+    return cross_entropy_entropy(head(h), targets, with_entropy)
 
 
 def head_sums(head: Callable, h: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False,
