@@ -26,13 +26,16 @@ TRIM_THRESHOLD = 256 << 20  # free memory the heap top may keep before it is ret
 TOP_PAD = 64 << 20  # extra heap grown at each brk, so a step's first allocations fault less
 
 
+def mallopt(option: int, value: int) -> bool:
+    """glibc's mallopt(option, value); False where it failed or there is no glibc."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(option, value) == 1
+    except (OSError, AttributeError):
+        return False
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Set glibc's malloc to reuse freed memory (once per process); True where it took effect."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return all(mallopt(opt, val) == 1 for opt, val in
+    return all(mallopt(opt, val) for opt, val in
                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))

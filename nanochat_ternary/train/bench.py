@@ -41,6 +41,7 @@ import time
 import torch
 
 from ..config import Config
+from ..cpu_malloc import M_MMAP_THRESHOLD, mallopt
 from ..device import autocast, resolve_device, setup_device
 from ..model.gpt import GPT, count_params, flops_per_token
 from .bench_moe import moe_pair, moe_ratios
@@ -88,13 +89,10 @@ def _warm_up(model_cfg, tcfg, use_bf16: bool) -> None:
 
 
 def _unmap_freed_tensors() -> None:
-    """glibc: serve every allocation over 64 KiB by its own mmap, returned to the OS when freed."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD; fixed, no longer dynamic
-    except (OSError, AttributeError):
-        pass  # not glibc: RSS may then hold freed pages and read higher than the live bytes
+    """glibc: serve every allocation over 64 KiB by its own mmap, returned to the OS when freed
+    (the opposite of cpu_malloc.keep_freed_memory, so that RSS follows the live bytes). Without
+    glibc RSS may hold freed pages and read higher than the live bytes."""
+    mallopt(M_MMAP_THRESHOLD, 64 * 1024)  # fixed, no longer dynamic
 
 
 def _cpu_dtype(use_bf16: bool) -> str:

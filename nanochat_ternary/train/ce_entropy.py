@@ -37,7 +37,7 @@ class _CrossEntropyEntropy(torch.autograd.Function):
             grad = p.mul_(g_nll)
         else:
             grad = (logp + row_ent.unsqueeze(1)).mul_(-g_ent).add_(g_nll).mul_(p)
-        grad.scatter_add_(1, targets.unsqueeze(1), (-g_nll).expand(targets.shape[0], 1).to(grad.dtype))
+        grad.scatter_add_(1, targets.unsqueeze(1), (-g_nll).expand(targets.shape[0], 1))
         return grad.to(ctx.logits_dtype), None, None
 
 
