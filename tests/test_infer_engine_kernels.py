@@ -175,6 +175,16 @@ def test_every_isa_gives_the_portable_integers(isa_lib, portable, m, n, k, group
     assert torch.equal(K.int8_matmul(xi, w8, isa_lib), K.int8_matmul(xi, w8, portable))
 
 
+@pytest.mark.parametrize("k", [64, 320, 768])  # one token: the row-streaming paths, with and without a tail
+def test_one_token_int8_head_gives_the_portable_integers(isa_lib, portable, k):
+    w = (torch.randn(19, k, generator=torch.Generator().manual_seed(k)) * 0.05).half()
+    w[0] = 0.05  # a row of the largest weights (127) against a token of the largest activations
+    w[1] = -0.05
+    for x in (torch.randn(1, k), torch.ones(1, k), -torch.ones(1, k)):
+        w8 = K.make_int8(w)
+        assert torch.equal(K.int8_matmul(x, w8, isa_lib), K.int8_matmul(x, w8, portable))
+
+
 def test_native_library_honours_the_isa_override(monkeypatch):
     K.native_library.cache_clear()
     try:

@@ -176,11 +176,46 @@ static void i8_rows_m1(int K, const uint8_t* xu, const int8_t* w, const int32_t*
 }
 #endif
 
+#if NC_I8_SIGNED
+/* One token on AVX2, one row at a time read front to back, as i8_rows_m1: the signed activations
+   are made once per call (not once per row and 32 bytes), and four accumulators over k keep the
+   maddubs / madd chains independent. The same integers as i8_tile's NC_I8_SIGNED path. */
+static void i8_rows_m1_avx2(int K, const uint8_t* xu, const int8_t* w, const float* sw, float xs, float* out,
+                            int n0, int n1) {
+  int8_t xsg[K] __attribute__((aligned(32)));
+  const __m256i off = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+  for (int k = 0; k < K; k += 32)
+    _mm256_store_si256((__m256i*)(xsg + k), _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(xu + k)), off));
+  for (int n = n0; n < n1; n++) {
+    const int8_t* wr = w + (int64_t)n * K;
+    __m256i a[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    int k = 0;
+    for (; k + 128 <= K; k += 128)
+      _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {
+        __m256i wv = _mm256_loadu_si256((const __m256i*)(wr + k + 32 * j));
+        __m256i xv = _mm256_load_si256((const __m256i*)(xsg + k + 32 * j));
+        __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+        a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(p, ones));
+      }
+    for (; k < K; k += 32) {
+      __m256i wv = _mm256_loadu_si256((const __m256i*)(wr + k));
+      __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(_mm256_load_si256((const __m256i*)(xsg + k)), wv));
+      a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(p, ones));
+    }
+    int32_t acc = nc_hsum256(_mm256_add_epi32(_mm256_add_epi32(a[0], a[1]), _mm256_add_epi32(a[2], a[3])));
+    out[n] = (float)acc * sw[n] / xs;
+  }
+}
+#endif
+
 static void i8_range(int M, int N, int K, const uint8_t* xu, const int8_t* w, const int32_t* wsum, const float* sw,
                      const float* xs, float* out, int n0, int n1) {
   if (M == 1) {
 #if defined(NC_VNNI)
     i8_rows_m1(K, xu, w, wsum, sw, xs[0], out, n0, n1);
+    return;
+#elif NC_I8_SIGNED
+    i8_rows_m1_avx2(K, xu, w, sw, xs[0], out, n0, n1);
     return;
 #endif
     int nf = n0 + (n1 - n0) / 4 * 4;
