@@ -90,6 +90,13 @@ class Engine:
         return torch.tensor(tokens, dtype=torch.long)
 
     # ---- forward passes ------------------------------------------------------------------
+    def _trunk(self, ids: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, recur: Recurrence | None = None) -> torch.Tensor:
+        """Rows ids [R] at positions pos of cache slots `slots` -> trunk states z [R, D]: all layers
+        in one native call where the model allows (network.native_trunk_plan), else op by op."""
+        if self.net.plan is not None:
+            return self.net.trunk_native(ids, self.pool, slots, pos)
+        return self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv), recur)
+
     @torch.no_grad()
     def verify(self, state: SeqState, tokens: list[int], all_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Append `tokens` to `state` in one forward; returns (logits [T, V] or [1, V] for the
@@ -100,7 +107,7 @@ class Engine:
         slots = torch.full((len(tokens),), state.slot, dtype=torch.long)
         pos = torch.arange(start, start + len(tokens))
         recur = Recurrence(self.deltanet, [state], single=True) if self.deltanet else None
-        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv), recur)
+        z = self._trunk(ids, slots, pos, recur)
         state.length = start + len(tokens)
         state.last_z = z[-1].clone()
         return self.net.head(z if all_logits else z[-1:]), z
@@ -123,7 +130,7 @@ class Engine:
         self.pool.ensure_length(int(pos.max()) + 1)
         slots = torch.tensor([s.slot for s in states], dtype=torch.long)
         recur = Recurrence(self.deltanet, states, single=False) if self.deltanet else None
-        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv), recur)
+        z = self._trunk(ids, slots, pos, recur)
         for s, zj in zip(states, z.unbind(0)):  # views of this step's z: one op, not a copy per row
             s.length += 1
             s.last_z = zj
@@ -143,7 +150,7 @@ class Engine:
         slots = torch.cat([torch.full((len(t),), s.slot, dtype=torch.long) for s, t in zip(states, token_lists)])
         pos = torch.cat([torch.arange(s.length, s.length + len(t)) for s, t in zip(states, token_lists)])
         self.pool.ensure_length(int(pos.max()) + 1)
-        z = self.net.trunk(ids, lambda i, qkv: self.pool.attend(i, slots, pos, qkv))
+        z = self._trunk(ids, slots, pos)
         end = 0
         for s, toks in zip(states, token_lists):
             end += len(toks)

@@ -31,8 +31,9 @@ QK = 256  # columns per ternary block (GGUF's QK_K)
 _local = threading.local()
 
 
-def _scratch(nbytes: int) -> torch.Tensor:
-    """A per-thread byte buffer for kernel scratch space (reused: no allocation per call)."""
+def scratch_buffer(nbytes: int) -> torch.Tensor:
+    """A per-thread byte buffer for kernel scratch space (reused: no allocation per call; the
+    caller must be done with it before the next call on this thread hands it out again)."""
     buf = getattr(_local, "buf", None)
     if buf is None or buf.numel() < nbytes:
         buf = _local.buf = torch.empty(max(nbytes, 1 << 16), dtype=torch.uint8)
@@ -104,7 +105,7 @@ def ternary_matmul(x: torch.Tensor, w: TernaryWeight, bits: int, lib: ctypes.CDL
     if lib is not None and w.packed is not None:
         out = torch.empty(m, w.n_out)
         xq_bytes = (m * k + 63) // 64 * 64
-        buf = _scratch(4 * m * k + xq_bytes + 4 * m + 4 * m * w.groups).data_ptr()  # xn | xq | xs | xsum
+        buf = scratch_buffer(4 * m * k + xq_bytes + 4 * m + 4 * m * w.groups).data_ptr()  # xn | xq | xs | xsum
         xq = buf + 4 * m * k
         lib.nc_ternary_gemm(m, w.n_out, k, x.data_ptr(), norm.data_ptr() if norm is not None else None, eps, int(glu),
                             w.packed.data_ptr(), w.scales.data_ptr(), w.groups, 2 ** (bits - 1) - 1, out.data_ptr(),
@@ -217,7 +218,7 @@ def int8_matmul(x: torch.Tensor, w: Int8Weight, lib: ctypes.CDLL) -> torch.Tenso
     m, k = x.shape
     n = w.q.shape[0]
     out = torch.empty(m, n)
-    buf = _scratch(m * k + 64 + 4 * m).data_ptr()
+    buf = scratch_buffer(m * k + 64 + 4 * m).data_ptr()
     xs = buf + (m * k + 63) // 64 * 64
     lib.nc_int8_gemm(m, n, k, x.data_ptr(), w.q.data_ptr(), w.wsum.data_ptr(), w.scales.data_ptr(), out.data_ptr(), buf, xs)
     return out

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 SRC_DIR = Path(__file__).parent / "csrc"
-SOURCES = ("nc_cpu.c", "nc_ternary.c", "nc_dense.c", "nc_attention.c")
+SOURCES = ("nc_cpu.c", "nc_ternary.c", "nc_dense.c", "nc_attention.c", "nc_trunk.c")
 HEADERS = ("nc_common.h",)
 CFLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off", "-Wall", "-Wextra"]
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
@@ -79,6 +79,10 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.nc_ternary_gemm.restype = None
     lib.nc_attention.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p]
     lib.nc_attention.restype = None
+    lib.nc_trunk.argtypes = [i, i, p, p, i, i, i, i, p, p, p, p, f, i, p, p]
+    lib.nc_trunk.restype = None
+    lib.nc_trunk_scratch_bytes.argtypes = [i, i, p]
+    lib.nc_trunk_scratch_bytes.restype = ctypes.c_int64
     lib.nc_f16_gemm.argtypes = [i, i, i, p, p, p]
     lib.nc_f16_gemm.restype = None
     lib.nc_f16_gather_dot.argtypes = [i, i, i, p, p, p, p]

@@ -82,6 +82,8 @@ class KVPool:
             for o, n in zip(old, new):
                 n[: o.shape[0], :, : o.shape[2]] = o
         self.k, self.v, self.slots, self.capacity = new_k, new_v, slots, capacity
+        # the caches' addresses [layers, 2] for nc_trunk (kernels take raw pointers; they move here)
+        self.kv_ptrs = torch.tensor([[k.data_ptr(), v.data_ptr()] for k, v in zip(new_k, new_v)], dtype=torch.int64).reshape(-1, 2)
 
     # ---- attention -----------------------------------------------------------------------
     def attend(self, layer: int, slots: torch.Tensor, pos: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from ..model.mhc import permutation_matrices, res_matrix
 from .deltanet_mixer import DeltaNetMixer
 from .gguf_model import GGUFModel, Projection
-from .kernels import dense_matmul, gather_dot, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, ternary_matmul, topk_indices
+from .kv_cache import KVPool
+from .kernels import dense_matmul, gather_dot, int8_matmul, make_dense, make_int8, make_ternary, quantize_activations, scratch_buffer, ternary_matmul, topk_indices
 from .moe import MoEFFN, is_moe_layer
 
 # attention(layer, qkv [N, (H + 2 kv) * hd] before RoPE) -> [N, H * hd] (RoPE, cache, attention)
@@ -67,6 +68,29 @@ class Linear:
 
     def nbytes(self) -> int:
         return (self.ternary or self.dense).nbytes()
+
+
+def native_trunk_plan(layers: list[Layer], lib: ctypes.CDLL | None) -> torch.Tensor | None:
+    """The int64 table nc_trunk runs the layers from (csrc/nc_trunk.c: per layer four norm gains,
+    then qkv, o, gate_up, down as packed weights, scales, N, K, G), or None when a layer is not
+    a plain attention + SwiGLU layer of ternary projections on the native kernels (DeltaNet, MoE,
+    dense weights): those models run trunk() op by op. One residual stream only (the caller's check)."""
+    if lib is None:
+        return None
+    rows = []
+    for L in layers:
+        projs = (L.qkv, L.o, L.gate_up, L.down)
+        if L.mixer is not None or L.moe is not None or any(p is None or p.ternary is None or p.ternary.packed is None for p in projs):
+            return None
+        norms = (L.attn_norm, L.attn_sub_norm, L.ffn_norm, L.ffn_sub_norm)
+        if any(n is not None and (n.dtype != torch.float32 or not n.is_contiguous()) for n in norms):
+            return None
+        row = [0 if n is None else n.data_ptr() for n in norms]
+        for p in projs:
+            w = p.ternary
+            row += [w.packed.data_ptr(), w.scales.data_ptr(), w.n_out, w.n_in, w.groups]
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.int64)
 
 
 def _dequant(p: Projection) -> torch.Tensor:
@@ -137,6 +161,7 @@ class Network:
             self.layers.append(layer)
         self.mtp = [MTPHead(gm.norms[f"mtp.{k}.norm_in.weight"], lin([f"mtp.{k}.proj.weight"]), gm.norms[f"mtp.{k}.norm_out.weight"])
                     for k in range(hp.n_mtp)]
+        self.plan = native_trunk_plan(self.layers, lib) if hp.n_streams == 1 else None
 
     def weight_bytes(self) -> dict:
         """In-memory bytes of the projection weights and of the embedding/head."""
@@ -179,6 +204,17 @@ class Network:
             f = self._ffn(L, h + a)
             X = (L.h_res[None, :, :, None] * X[:, None]).sum(2) + L.h_post * (a + f).unsqueeze(1)
         return X.mean(dim=1)
+
+    def trunk_native(self, ids: torch.Tensor, pool: KVPool, slots: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """trunk() in one call to the native kernels (csrc/nc_trunk.c; the same bits), for the
+        models native_trunk_plan accepts."""
+        x = self.embed_table[ids].float()
+        m, lib = x.shape[0], self.lib
+        buf = scratch_buffer(lib.nc_trunk_scratch_bytes(m, len(self.layers), self.plan.data_ptr()))
+        lib.nc_trunk(m, len(self.layers), self.plan.data_ptr(), pool.kv_ptrs.data_ptr(), self.n_q, self.n_kv, self.hd, pool.capacity,
+                     slots.data_ptr(), pos.data_ptr(), pool.cos.data_ptr(), pool.sin.data_ptr(), self.eps,
+                     2 ** (self.hp.activation_bits - 1) - 1, x.data_ptr(), buf.data_ptr())
+        return x
 
     def tied_head(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states [N, D] -> logits [N, V] = h @ E^T.

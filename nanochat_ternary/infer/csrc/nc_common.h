@@ -78,4 +78,10 @@ AI float nc_hsum256_ps(__m256 v) {
 }
 #endif
 
+/* kernels that other kernel files call (nc_trunk.c runs whole layers with them) */
+void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float eps, int glu, const uint8_t* w,
+                     const float* sw, int G, int Q, float* out, float* xn, int8_t* xq, float* xs, int32_t* xsum);
+void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const int64_t* slot, const int64_t* pos,
+                  const float* cos_t, const float* sin_t, float* kc, float* vc, float* out);
+
 #endif
