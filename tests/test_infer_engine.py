@@ -213,3 +213,35 @@ def test_other_encodings_run_ternary(tmp_path, quant):
         ref = model(torch.tensor([tokens]))[0]
     assert (engine.forward_logits(tokens) - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
     assert engine.bits_per_weight == pytest.approx({"tq1_0": 1.6875, "f16": 16.0}[quant])
+
+
+def test_int8_head_rescores_its_top_logits(built, tmp_path):
+    """The int8 head (large vocabularies) against the exact F16 head: its RESCORE_TOP largest
+    logits per row are the exact ones, the others within the int8 error, the argmax the same."""
+    from nanochat_ternary.infer.network import RESCORE_TOP
+
+    exact, _, tok = built("n1")
+    assert exact.net.head_i8 is None  # 512 x 256 weights: small enough to compute exactly
+    g, m, _, _ = export_snapped(tmp_path, **VARIANTS["n1"])
+    approx = Engine.load(g, m, exact_head=False)
+    if approx.backend == "torch":
+        pytest.skip("no native kernels (no C compiler)")
+    assert approx.net.head_i8 is not None
+    tokens = tok.encode(PROMPT + "a + b;\n}\n")
+    a, e = approx.forward_logits(tokens), exact.forward_logits(tokens)
+    spread = e.abs().max().item()
+    top = e.topk(RESCORE_TOP, dim=-1).indices[:, : RESCORE_TOP // 2]  # well inside the candidates
+    assert torch.allclose(a.gather(1, top), e.gather(1, top), rtol=0, atol=1e-5 * spread)
+    assert (a - e).abs().max().item() <= 0.05 * spread
+    assert (a - e).abs().max().item() > 1e-5 * spread  # the rest really is the int8 pass
+    assert torch.equal(a.argmax(-1), e.argmax(-1))
+
+
+def test_head_kind_follows_the_table_size(tmp_path):
+    """exact_head=None: the F16 head up to EXACT_HEAD_MAX_WEIGHTS weights, the int8 head above."""
+    from nanochat_ternary.infer.network import EXACT_HEAD_MAX_WEIGHTS
+
+    g, m, model, _ = export_snapped(tmp_path, vocab_size=4096)
+    assert 4096 * model.cfg.hidden_dim > EXACT_HEAD_MAX_WEIGHTS
+    engine = Engine.load(g, m)
+    assert (engine.net.head_i8 is not None) == (engine.backend != "torch")

@@ -36,7 +36,7 @@ class EngineInputError(NanochatError, ValueError):
 
 
 class Engine:
-    def __init__(self, gm: GGUFModel, backend: str | None = None, exact_head: bool = False):
+    def __init__(self, gm: GGUFModel, backend: str | None = None, exact_head: bool | None = None):
         torch.set_flush_denormal(True)
         self.model_file = gm.path
         self.hp = gm.hp
@@ -58,11 +58,12 @@ class Engine:
 
     @classmethod
     def load(cls, gguf_path: str | Path, mhc_path: str | Path | None = None, num_threads: int | None = None,
-             backend: str | None = None, exact_head: bool = False) -> "Engine":
+             backend: str | None = None, exact_head: bool | None = None) -> "Engine":
         """Read a GGUF (+ .mhc; FormatError naming the file on a bad/truncated/mismatched file).
 
         `backend="torch"` forces the PyTorch kernels (default: native when it compiles);
-        `exact_head=True` computes every logit from the F16 table (see network.Network.tied_head)."""
+        `exact_head=True` computes every logit from the F16 table, False first from its int8 copy
+        (see network.Network.tied_head); None: exact for small heads, int8 for large ones."""
         if num_threads:
             torch.set_num_threads(int(num_threads))
         return cls(read_gguf_model(gguf_path, mhc_path), backend, exact_head)
