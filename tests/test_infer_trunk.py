@@ -29,7 +29,7 @@ def _run(engine: Engine, native: bool, prompts: list[list[int]], steps: int) -> 
         engine.net.plan = plan
 
 
-@pytest.mark.parametrize("variant", [{}, {"group_size": 256}, {"use_mtp": True, "mtp_n_tokens": 2}])
+@pytest.mark.parametrize("variant", [{}, {"group_size": 256}, {"use_mtp": True, "mtp_n_tokens": 2}, {"mhc_n_streams": 2}, {"mhc_n_streams": 4}])
 def test_native_trunk_gives_the_op_by_op_bits(tmp_path, variant):
     """Same kernels in the same order: identical logits, for prefill, batched decode (rows of
     different lengths) and multi-row verify, across KV-cache growth (more slots than the pool's
@@ -47,9 +47,9 @@ def test_native_trunk_gives_the_op_by_op_bits(tmp_path, variant):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("variant", [{"mhc_n_streams": 2}, {"use_bitlinear": False}])
+@pytest.mark.parametrize("variant", [{"use_bitlinear": False}, {"use_bitlinear": False, "mhc_n_streams": 2}])
 def test_models_the_native_trunk_cannot_run_go_op_by_op(tmp_path, variant):
-    """mHC streams and dense projections are not in nc_trunk: no plan, and the engine still decodes."""
+    """Dense projections are not in nc_trunk: no plan, and the engine still decodes."""
     g, m, _, tok = export_snapped(tmp_path, **variant)
     engine = Engine.load(g, m)
     assert engine.net.plan is None

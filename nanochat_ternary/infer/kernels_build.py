@@ -79,9 +79,9 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.nc_ternary_gemm.restype = None
     lib.nc_attention.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p]
     lib.nc_attention.restype = None
-    lib.nc_trunk.argtypes = [i, i, p, p, i, i, i, i, p, p, p, p, f, i, p, p]
+    lib.nc_trunk.argtypes = [i, i, i, p, p, i, i, i, i, p, p, p, p, f, i, p, p]
     lib.nc_trunk.restype = None
-    lib.nc_trunk_scratch_bytes.argtypes = [i, i, p]
+    lib.nc_trunk_scratch_bytes.argtypes = [i, i, i, p]
     lib.nc_trunk_scratch_bytes.restype = ctypes.c_int64
     lib.nc_f16_gemm.argtypes = [i, i, i, p, p, p]
     lib.nc_f16_gemm.restype = None

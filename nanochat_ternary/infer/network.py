@@ -72,9 +72,9 @@ class Linear:
 
 def native_trunk_plan(layers: list[Layer], lib: ctypes.CDLL | None) -> torch.Tensor | None:
     """The int64 table nc_trunk runs the layers from (csrc/nc_trunk.c: per layer four norm gains,
-    then qkv, o, gate_up, down as packed weights, scales, N, K, G), or None when a layer is not
-    a plain attention + SwiGLU layer of ternary projections on the native kernels (DeltaNet, MoE,
-    dense weights): those models run trunk() op by op. One residual stream only (the caller's check)."""
+    qkv, o, gate_up, down as packed weights, scales, N, K, G, then mHC's H_pre, H_res, H_post), or
+    None when a layer is not an attention + SwiGLU layer of ternary projections on the native
+    kernels (DeltaNet, MoE, dense weights): those models run trunk() op by op."""
     if lib is None:
         return None
     rows = []
@@ -82,14 +82,14 @@ def native_trunk_plan(layers: list[Layer], lib: ctypes.CDLL | None) -> torch.Ten
         projs = (L.qkv, L.o, L.gate_up, L.down)
         if L.mixer is not None or L.moe is not None or any(p is None or p.ternary is None or p.ternary.packed is None for p in projs):
             return None
-        norms = (L.attn_norm, L.attn_sub_norm, L.ffn_norm, L.ffn_sub_norm)
-        if any(n is not None and (n.dtype != torch.float32 or not n.is_contiguous()) for n in norms):
+        floats = (L.attn_norm, L.attn_sub_norm, L.ffn_norm, L.ffn_sub_norm, L.h_pre, L.h_res, L.h_post)
+        if any(t is not None and (t.dtype != torch.float32 or not t.is_contiguous()) for t in floats):
             return None
-        row = [0 if n is None else n.data_ptr() for n in norms]
+        row = [0 if t is None else t.data_ptr() for t in floats[:4]]
         for p in projs:
             w = p.ternary
             row += [w.packed.data_ptr(), w.scales.data_ptr(), w.n_out, w.n_in, w.groups]
-        rows.append(row)
+        rows.append(row + [0 if t is None else t.data_ptr() for t in floats[4:]])
     return torch.tensor(rows, dtype=torch.int64)
 
 
@@ -168,7 +168,7 @@ class Network:
             self.layers.append(layer)
         self.mtp = [MTPHead(gm.norms[f"mtp.{k}.norm_in.weight"], lin([f"mtp.{k}.proj.weight"]), gm.norms[f"mtp.{k}.norm_out.weight"])
                     for k in range(hp.n_mtp)]
-        self.plan = native_trunk_plan(self.layers, lib) if hp.n_streams == 1 else None
+        self.plan = native_trunk_plan(self.layers, lib)
 
     def weight_bytes(self) -> dict:
         """In-memory bytes of the projection weights and of the embedding/head."""
@@ -216,12 +216,13 @@ class Network:
         """trunk() in one call to the native kernels (csrc/nc_trunk.c; the same bits), for the
         models native_trunk_plan accepts."""
         x = self.embed_table[ids].float()
-        m, lib = x.shape[0], self.lib
-        buf = scratch_buffer(lib.nc_trunk_scratch_bytes(m, len(self.layers), self.plan.data_ptr()))
-        lib.nc_trunk(m, len(self.layers), self.plan.data_ptr(), pool.kv_ptrs.data_ptr(), self.n_q, self.n_kv, self.hd, pool.capacity,
-                     slots.data_ptr(), pos.data_ptr(), pool.cos.data_ptr(), pool.sin.data_ptr(), self.eps,
-                     2 ** (self.hp.activation_bits - 1) - 1, x.data_ptr(), buf.data_ptr())
-        return x
+        m, n, lib = x.shape[0], self.hp.n_streams, self.lib
+        X = x if n == 1 else x.unsqueeze(1).expand(-1, n, -1).contiguous()  # [N, n, D]: streams start as copies
+        buf = scratch_buffer(lib.nc_trunk_scratch_bytes(m, n, len(self.layers), self.plan.data_ptr()))
+        lib.nc_trunk(m, n, len(self.layers), self.plan.data_ptr(), pool.kv_ptrs.data_ptr(), self.n_q, self.n_kv, self.hd,
+                     pool.capacity, slots.data_ptr(), pos.data_ptr(), pool.cos.data_ptr(), pool.sin.data_ptr(), self.eps,
+                     2 ** (self.hp.activation_bits - 1) - 1, X.data_ptr(), buf.data_ptr())
+        return X if n == 1 else X.mean(dim=1)
 
     def tied_head(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised states [N, D] -> logits [N, V] = h @ E^T.
