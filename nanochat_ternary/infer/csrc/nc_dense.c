@@ -87,9 +87,9 @@ void nc_f16_gather_dot(int M, int J, int K, const int64_t* idx, const float* x, 
 /* ---- int8 x int8 (the approximate head): per-row weight scales, per-token activation scales.
    Activations are stored offset by 128 as unsigned bytes xu (vpdpbusd is u8 x s8); every path
    computes the integer sum(xu * w), from which the epilogue removes 128 * wsum, except the AVX2
-   path (NC_I8_SIGNED): it multiplies the signed values x = xu - 128 (|x| <= 127) directly, as
-   vpmaddubsw(|w|, sign(x, w)) (llama.cpp's Q8_0 trick: each s16 pair sum is at most
-   2 * 127 * 127 < 32767), so its sum is already sum(x * w): the same integers in the end. */
+   path (NC_I8_SIGNED): its activations are stored as the signed values x (|x| <= 127) and
+   multiplied as vpmaddubsw(|w|, sign(x, w)) (llama.cpp's Q8_0 trick: each s16 pair sum is at
+   most 2 * 127 * 127 < 32767), so its sum is already sum(x * w): the same integers in the end. */
 #if defined(NC_AVX2) && !defined(NC_AVXVNNI)
 #define NC_I8_SIGNED 1
 #else
@@ -113,7 +113,7 @@ AI void i8_tile(const uint8_t* xu, const int8_t* w, int64_t K, const int NR, con
   __m256i va[16];
   _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm256_setzero_si256();
 #if !defined(NC_AVXVNNI)
-  const __m256i ones = _mm256_set1_epi16(1), off = _mm256_set1_epi8((char)0x80);
+  const __m256i ones = _mm256_set1_epi16(1);
 #endif
   for (int64_t k = 0; k < K; k += 32) {
     _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++) {
@@ -124,11 +124,8 @@ AI void i8_tile(const uint8_t* xu, const int8_t* w, int64_t K, const int NR, con
         va[r * MT + i] = _mm256_dpbusd_avx_epi32(va[r * MT + i], _mm256_loadu_si256((const __m256i*)(xu + i * K + k)), wv);
 #else
       __m256i wa = _mm256_sign_epi8(wv, wv);  /* |w| */
-      _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) {
-        __m256i xv = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(xu + i * K + k)), off);  /* xu - 128 */
-        __m256i p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xv, wv));
-        va[r * MT + i] = _mm256_add_epi32(va[r * MT + i], _mm256_madd_epi16(p, ones));
-      }
+      _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)  /* xu holds signed values here */
+        va[r * MT + i] = nc_i8_dot_add(va[r * MT + i], wa, wv, _mm256_loadu_si256((const __m256i*)(xu + i * K + k)), ones);
 #endif
     }
   }
@@ -182,10 +179,8 @@ static void i8_rows_m1(int K, const uint8_t* xu, const int8_t* w, const int32_t*
    maddubs / madd chains independent. The same integers as i8_tile's NC_I8_SIGNED path. */
 static void i8_rows_m1_avx2(int K, const uint8_t* xu, const int8_t* w, const float* sw, float xs, float* out,
                             int n0, int n1) {
-  int8_t xsg[K] __attribute__((aligned(32)));
-  const __m256i off = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-  for (int k = 0; k < K; k += 32)
-    _mm256_store_si256((__m256i*)(xsg + k), _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(xu + k)), off));
+  const int8_t* xsg = (const int8_t*)xu;  /* signed values in this build */
+  const __m256i ones = _mm256_set1_epi16(1);
   for (int n = n0; n < n1; n++) {
     const int8_t* wr = w + (int64_t)n * K;
     __m256i a[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
@@ -193,13 +188,13 @@ static void i8_rows_m1_avx2(int K, const uint8_t* xu, const int8_t* w, const flo
     for (; k + 128 <= K; k += 128)
       _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {
         __m256i wv = _mm256_loadu_si256((const __m256i*)(wr + k + 32 * j));
-        __m256i xv = _mm256_load_si256((const __m256i*)(xsg + k + 32 * j));
+        __m256i xv = _mm256_loadu_si256((const __m256i*)(xsg + k + 32 * j));
         __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
         a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(p, ones));
       }
     for (; k < K; k += 32) {
       __m256i wv = _mm256_loadu_si256((const __m256i*)(wr + k));
-      __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(_mm256_load_si256((const __m256i*)(xsg + k)), wv));
+      __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xsg + k)), wv));
       a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(p, ones));
     }
     int32_t acc = nc_hsum256(_mm256_add_epi32(_mm256_add_epi32(a[0], a[1]), _mm256_add_epi32(a[2], a[3])));
@@ -242,7 +237,7 @@ void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const in
     if (a < 1e-30f) a = 1e-30f;
     float s = 127.f / a;
     xs[m] = s;
-    for (int k = 0; k < K; k++) xu[(int64_t)m * K + k] = (uint8_t)((int)nearbyintf(r[k] * s) + 128);
+    for (int k = 0; k < K; k++) xu[(int64_t)m * K + k] = (uint8_t)((int)nearbyintf(r[k] * s) + (NC_I8_SIGNED ? 0 : 128));
   }
   int64_t work = (int64_t)M * N * K;
   #pragma omp parallel if (work > NC_PARALLEL_WORK)
