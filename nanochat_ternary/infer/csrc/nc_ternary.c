@@ -205,8 +205,14 @@ static void tern_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, 
                        const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
 #if defined(NC_VNNI)
   if (M == 1) { tern_rows_m1(K, xq, w, sw, G, xs[0], xsum, out, n0, n1); return; }
+  if (M == 2) { NC_TERN_ROWS(2, 4, 2); return; }
+  if (M == 3) { NC_TERN_ROWS(3, 4, 3); return; }
   int mf = M / 4 * 4;
   NC_TERN_ROWS(mf, 4, 4);
+  if (M > mf) {  /* the 1-3 leftover tokens share one pass over the weights */
+    tern_range(M - mf, N, K, xq + (int64_t)mf * K, w, sw, G, xs + mf, xsum + mf * G, out + (int64_t)mf * N, n0, n1);
+    return;
+  }
 #elif defined(NC_AVX2)
   /* at most 12 accumulators + mask + weights + unpacked plane + product: the 16 ymm registers.
      Tile shapes measured on a 2-core EPYC (one thread, 8-64 tokens, nano's FFN shapes): 3 x 4
