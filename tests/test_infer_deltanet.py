@@ -111,6 +111,19 @@ def test_batched_decode_equals_one_by_one_and_state_is_per_sequence(built):
     assert torch.equal(torch.stack([engine.prefill(again, prompts[2])] + [engine.decode([again], [t])[0] for t in feed[2]]), expected[2])
 
 
+def test_prefill_batch_prefills_one_sequence_at_a_time(built):
+    """A hybrid's prefill_batch is one prefill per sequence (the recurrent state is per sequence):
+    the same logits as prefilling each alone, and a multi-row verify batch is refused clearly."""
+    engine, _, tok, _ = built
+    prompts = [tok.encode(TEXT[:40]), tok.encode(TEXT[10:30])]
+    alone = [engine.prefill(engine.new_state(), p) for p in prompts]
+    got = engine.prefill_batch([engine.new_state() for _ in prompts], prompts)
+    for a, b in zip(alone, got):
+        assert torch.equal(a, b)
+    with pytest.raises(EngineInputError, match="pure-attention"):
+        engine.verify_batch([engine.new_state()], [prompts[0]])
+
+
 def test_rollback_is_refused_clearly(built):
     engine, _, tok, _ = built
     s = engine.new_state()

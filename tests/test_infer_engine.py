@@ -245,3 +245,24 @@ def test_head_kind_follows_the_table_size(tmp_path):
     assert 4096 * model.cfg.hidden_dim > EXACT_HEAD_MAX_WEIGHTS
     engine = Engine.load(g, m)
     assert (engine.net.head_i8 is not None) == (engine.backend != "torch")
+
+
+@pytest.mark.parametrize("name", ["n1", "n4_mtp", "dense"])
+def test_prefill_batch_equals_one_prefill_each(built, name):
+    """Several prompts in one forward: each one's last-token logits and its cache as if prefilled
+    alone (the next decode step gives the same logits)."""
+    engine, _, tok = built(name)
+    prompts = [tok.encode(p) for p in ("fn a() {", "struct Point { x: i32 }", "let")]
+    alone = []
+    for p in prompts:
+        s = engine.new_state()
+        alone.append((engine.prefill(s, p), engine.decode([s], [7])[0]))
+    states = [engine.new_state() for _ in prompts]
+    first = engine.prefill_batch(states, prompts)
+    nxt = engine.decode(states, [7] * len(states))
+    assert [s.length for s in states] == [len(p) + 1 for p in prompts]
+    for j, (a, b) in enumerate(alone):
+        if engine.backend == "torch":
+            assert torch.allclose(first[j], a, rtol=1e-4, atol=1e-4) and torch.allclose(nxt[j], b, rtol=1e-4, atol=1e-4)
+        else:
+            assert torch.equal(first[j], a) and torch.equal(nxt[j], b)

@@ -205,6 +205,38 @@ def test_engine_failure_ends_only_that_request(engine, make_scheduler):
     assert sched.in_flight == 0
 
 
+def test_admitted_requests_prefill_together_and_a_bad_one_fails_alone(engine, make_scheduler, monkeypatch):
+    """Requests admitted in one iteration prefill in one batched forward with the same results as
+    alone; when that forward fails (a prompt longer than the context), they prefill one by one
+    and only the bad request ends with an error."""
+    reqs = [GenerationRequest(_prompt(engine, SNIPPETS[i]), 6, SamplingParams(temperature=0.8, seed=7 + i), ignore_eos=True)
+            for i in range(3)]
+    alone_sched = make_scheduler(max_batch=1).start()
+    alone = [run_requests(alone_sched, [r])[0] for r in reqs]
+    calls = []
+    real = engine.prefill_batch
+    monkeypatch.setattr(engine, "prefill_batch", lambda states, lists: calls.append(len(states)) or real(states, lists))
+    too_long = GenerationRequest([5] * (engine.n_ctx + 1), 4)
+
+    def together(requests):
+        sched = make_scheduler(max_batch=8)
+
+        async def main():  # all queued before the thread starts: one admission round
+            handles = [sched.submit(r) for r in requests]
+            sched.start()
+            return [_summary(evs) for evs in await asyncio.gather(*(_collect(h) for h in handles))]
+
+        return asyncio.run(main())
+
+    assert together(reqs) == alone
+    assert calls == [3]
+    calls.clear()
+    got = together([reqs[0], too_long, reqs[1], reqs[2]])
+    assert calls == [4]
+    assert got[1][2] == "error"
+    assert [got[0], got[2], got[3]] == alone
+
+
 def test_stop_ends_waiting_requests_with_an_error(engine, make_scheduler):
     sched = make_scheduler(max_batch=1)
 

@@ -15,6 +15,7 @@ Engine methods are not thread-safe: one thread drives an Engine.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -137,16 +138,14 @@ class Engine:
             s.last_z = zj
         return self.net.head(z)
 
-    @torch.no_grad()
-    def verify_batch(self, states: list[SeqState], token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append token_lists[j] to states[j], every sequence in ONE forward (speculative decoding in
-        the server, speculative_batch.py); returns (logits, trunk states z) of all rows in order,
-        [sum of lengths, V] and [sum of lengths, D]. Attention-only models (rows of one sequence
-        attend to each other's keys, written before any row attends: kv_cache.attend)."""
+    def _rows_forward(self, states: list[SeqState], token_lists: list[list[int]]) -> torch.Tensor:
+        """Append token_lists[j] to states[j], every sequence in ONE trunk forward (attention-only
+        models: rows of one sequence attend to each other's keys, written before any row attends,
+        kv_cache.attend); returns the trunk states z of all rows in order, [sum of lengths, D]."""
         if self.deltanet is not None:
-            raise EngineInputError("verify_batch needs a pure-attention model (a Gated DeltaNet state is per step)")
+            raise EngineInputError("a batch of multi-token rows needs a pure-attention model (a Gated DeltaNet state is per step)")
         if len(states) != len(token_lists) or len({s.slot for s in states}) != len(states):
-            raise EngineInputError("verify_batch needs one token list per distinct sequence state")
+            raise EngineInputError("one token list per distinct sequence state is needed")
         ids = torch.cat([self._check(toks, s.length) for s, toks in zip(states, token_lists)])
         slots = torch.cat([torch.full((len(t),), s.slot, dtype=torch.long) for s, t in zip(states, token_lists)])
         pos = torch.cat([torch.arange(s.length, s.length + len(t)) for s, t in zip(states, token_lists)])
@@ -157,7 +156,28 @@ class Engine:
             end += len(toks)
             s.length += len(toks)
             s.last_z = z[end - 1].clone()
+        return z
+
+    @torch.no_grad()
+    def verify_batch(self, states: list[SeqState], token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append token_lists[j] to states[j], every sequence in ONE forward (speculative decoding in
+        the server, speculative_batch.py); returns (logits, trunk states z) of all rows in order,
+        [sum of lengths, V] and [sum of lengths, D]. Attention-only models."""
+        z = self._rows_forward(states, token_lists)
         return self.net.head(z), z
+
+    @torch.no_grad()
+    def prefill_batch(self, states: list[SeqState], token_lists: list[list[int]]) -> torch.Tensor:
+        """prefill() of several sequences in ONE forward: float32 logits [B, vocab_size] of each
+        one's last token, the same bits as one prefill each (native back-end). Gated DeltaNet
+        models prefill one sequence at a time (their recurrent state is per sequence)."""
+        if self.deltanet is not None or len(states) == 1:
+            if len(states) != len(token_lists):
+                raise EngineInputError(f"prefill_batch got {len(states)} states but {len(token_lists)} token lists")
+            return torch.stack([self.prefill(s, t) for s, t in zip(states, token_lists)])
+        z = self._rows_forward(states, token_lists)
+        last = torch.tensor(list(itertools.accumulate(len(t) for t in token_lists))) - 1
+        return self.net.head(z[last])
 
     @torch.no_grad()
     def mtp_logits_batch(self, z: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ more than a single one, so one thread owns the Engine and loops (Orca-style iter
 scheduling, https://www.usenix.org/conference/osdi22/presentation/yu):
 
 1. drop cancelled sequences (their state, i.e. their KV cache, is freed with them);
-2. admit waiting requests into free slots (up to `max_batch`), prefill each, sample its first
-   token;
+2. admit waiting requests into free slots (up to `max_batch`), prefill them in one batched
+   forward, sample each one's first token;
 3. one batched `engine.decode` for every active sequence, then one batched sampling call in which
    each sequence draws from its own Sampler. Requests that speculate (`speculative`, or the
    scheduler's default) instead feed their MTP-head drafts in that same forward and keep the
@@ -225,8 +225,8 @@ class Scheduler:
                     admit.append(self._waiting.popleft())
                     self._n_active += 1
             self._drop_cancelled()
-            for handle in admit:
-                self._admit(handle)
+            if admit:
+                self._admit_all(admit)
             if self._active:
                 self._decode_step()
             self._flush_outbox()
@@ -256,23 +256,57 @@ class Scheduler:
                 self._n_active -= 1
             _release(seq.state)
 
-    def _admit(self, handle: RequestHandle) -> None:
+    def _admit_all(self, handles: list[RequestHandle]) -> None:
+        """Prefill the admitted requests in one batched forward (Engine.prefill_batch: per request
+        costs such as the Python around each forward are paid once), then sample each one's first
+        token. When the batch fails (one bad prompt, say), they prefill one by one, so that only
+        the request at fault ends with an error."""
+        seqs = [seq for seq in map(self._new_sequence, handles) if seq is not None]
+        if len(seqs) > 1:
+            try:
+                logits = self.engine.prefill_batch([s.state for s in seqs], [list(s.handle.request.prompt) for s in seqs])
+            except Exception:
+                log.debug("batched prefill failed; prefilling one by one", exc_info=True)
+                for seq in seqs:  # fresh states: the failed forward may have advanced some
+                    _release(seq.state)
+                    seq.state = self.engine.new_state()
+            else:
+                for seq, row in zip(seqs, logits):
+                    self._start(seq, row)
+                return
+        for seq in seqs:
+            self._prefill_one(seq)
+
+    def _new_sequence(self, handle: RequestHandle) -> _Sequence | None:
+        """An admitted request's sequence with a fresh cache slot (None: it was cancelled, or
+        failed and has been answered)."""
         if handle.cancelled:
             with self._cond:
                 self._n_active -= 1
-            return
+            return None
         req = handle.request
         seq = _Sequence(handle, None, handle.sampler, TextStream(self.engine.tokenizer, req.stop), list(req.prompt))
         try:
             seq.state = self.engine.new_state()
-            logits = self.engine.prefill(seq.state, list(req.prompt))
+        except Exception as e:
+            log.exception("no cache slot")
+            self._finish(None, handle, Event(handle.index, "", 0, "error", f"prefill failed: {e}"))
+            return None
+        return seq
+
+    def _prefill_one(self, seq: _Sequence) -> None:
+        try:
+            logits = self.engine.prefill(seq.state, list(seq.handle.request.prompt))
         except Exception as e:  # an engine failure ends this request, not the server
             log.exception("prefill failed")
-            if seq.state is not None:
-                _release(seq.state)
-            self._finish(None, handle, Event(handle.index, "", 0, "error", f"prefill failed: {e}"))
+            _release(seq.state)
+            self._finish(None, seq.handle, Event(seq.handle.index, "", 0, "error", f"prefill failed: {e}"))
             return
-        self.prompt_tokens_total += len(req.prompt)
+        self._start(seq, logits)
+
+    def _start(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        """A prefilled sequence joins the batch with its first token."""
+        self.prompt_tokens_total += len(seq.handle.request.prompt)
         with self._cond:
             self._active.append(seq)
         self._sample(seq, logits)
