@@ -205,32 +205,28 @@ static void tern_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, 
                        const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
 #if defined(NC_VNNI)
   if (M == 1) { tern_rows_m1(K, xq, w, sw, G, xs[0], xsum, out, n0, n1); return; }
-  if (M == 2) { NC_TERN_ROWS(2, 4, 2); return; }
-  if (M == 3) { NC_TERN_ROWS(3, 4, 3); return; }
-  int mf = M / 4 * 4;
-  NC_TERN_ROWS(mf, 4, 4);
-  if (M > mf) {  /* the 1-3 leftover tokens share one pass over the weights */
-    tern_range(M - mf, N, K, xq + (int64_t)mf * K, w, sw, G, xs + mf, xsum + mf * G, out + (int64_t)mf * N, n0, n1);
-    return;
-  }
+  enum { NR2 = 4, NR4 = 4 };  /* weight rows per tile with 2 tokens, with 4 */
 #elif defined(NC_AVX2)
   /* at most 12 accumulators + mask + weights + unpacked plane + product: the 16 ymm registers.
      Tile shapes measured on a 2-core EPYC (one thread, 8-64 tokens, nano's FFN shapes): 3 x 4
      ran at 97-116 G products/s, 4 x 3 at 84-109, 2 x 6 at 85-120; two tokens 3 x 2 (83-93 vs
      73-83 for 4 x 2); one token 4 x 1 (no shape did better than 57-63) */
   if (M == 1) { NC_TERN_ROWS(1, 4, 1); return; }
-  if (M == 2) { NC_TERN_ROWS(2, 3, 2); return; }
-  if (M == 3) { NC_TERN_ROWS(3, 4, 3); return; }
-  int mf = M / 4 * 4;
-  NC_TERN_ROWS(mf, 3, 4);
-  if (M > mf) {  /* the 1-3 leftover tokens share one pass over the weights */
-    tern_range(M - mf, N, K, xq + (int64_t)mf * K, w, sw, G, xs + mf, xsum + mf * G, out + (int64_t)mf * N, n0, n1);
-    return;
-  }
+  enum { NR2 = 3, NR4 = 3 };
 #else
   if (M == 1) { NC_TERN_ROWS(1, 8, 1); return; }
   int mf = M / 4 * 4;
   NC_TERN_ROWS(mf, 4, 4);
+#endif
+#if defined(NC_VNNI) || defined(NC_AVX2)
+  if (M == 2) { NC_TERN_ROWS(2, NR2, 2); return; }
+  if (M == 3) { NC_TERN_ROWS(3, 4, 3); return; }
+  int mf = M / 4 * 4;
+  NC_TERN_ROWS(mf, NR4, 4);
+  if (M > mf) {  /* the 1-3 leftover tokens share one pass over the weights */
+    tern_range(M - mf, N, K, xq + (int64_t)mf * K, w, sw, G, xs + mf, xsum + mf * G, out + (int64_t)mf * N, n0, n1);
+    return;
+  }
 #endif
   for (int m = mf; m < M; m++)  /* leftover tokens, one at a time */
     tern_range(1, N, K, xq + (int64_t)m * K, w, sw, G, xs + m, xsum + m * G, out + (int64_t)m * N, n0, n1);
