@@ -12,6 +12,7 @@ from helpers import make_tiny_gguf
 from nanochat_ternary.errors import ConfigError
 from nanochat_ternary.infer.engine import Engine
 from nanochat_ternary.infer.sampling import SamplingParams
+from nanochat_ternary.infer import scheduler as scheduler_module
 from nanochat_ternary.infer.scheduler import GenerationRequest, QueueFull, Scheduler
 
 SNIPPETS = ["fn main() {", "struct Point {", "impl", "let x = ", "pub fn add(a: i32, b: i32) -> i32 {\n    a + b",
@@ -230,6 +231,12 @@ def test_admitted_requests_prefill_together_and_a_bad_one_fails_alone(engine, ma
 
     assert together(reqs) == alone
     assert calls == [3]
+    calls.clear()
+    monkeypatch.setattr(scheduler_module, "PREFILL_GROUP_TOKENS", len(reqs[0].prompt) + len(reqs[1].prompt))
+    assert together(reqs) == alone  # groups of at most that many prompt tokens: [0, 1], then [2] alone
+    assert calls == [2]
+    monkeypatch.undo()
+    monkeypatch.setattr(engine, "prefill_batch", lambda states, lists: calls.append(len(states)) or real(states, lists))
     calls.clear()
     got = together([reqs[0], too_long, reqs[1], reqs[2]])
     assert calls == [4]

@@ -36,6 +36,11 @@ from .stream import TextStream
 log = logging.getLogger(__name__)
 
 
+# prompt tokens prefilled in one forward at most (unless a single prompt is longer): the batched
+# prefill's activations stay those of one long prompt
+PREFILL_GROUP_TOKENS = 2048
+
+
 class QueueFull(NanochatError):
     """The wait queue is full; the client should retry later (HTTP 429)."""
 
@@ -257,11 +262,23 @@ class Scheduler:
             _release(seq.state)
 
     def _admit_all(self, handles: list[RequestHandle]) -> None:
-        """Prefill the admitted requests in one batched forward (Engine.prefill_batch: per request
-        costs such as the Python around each forward are paid once), then sample each one's first
-        token. When the batch fails (one bad prompt, say), they prefill one by one, so that only
-        the request at fault ends with an error."""
+        """Prefill the admitted requests in batched forwards (Engine.prefill_batch: per request
+        costs such as the Python around each forward are paid once per group; a group holds at
+        most PREFILL_GROUP_TOKENS prompt tokens, or one prompt, so that its activations take no
+        more memory than one long prompt's), then sample each one's first token."""
         seqs = [seq for seq in map(self._new_sequence, handles) if seq is not None]
+        group: list[_Sequence] = []
+        for seq in seqs:
+            if group and sum(len(s.handle.request.prompt) for s in group) + len(seq.handle.request.prompt) > PREFILL_GROUP_TOKENS:
+                self._prefill_group(group)
+                group = []
+            group.append(seq)
+        if group:
+            self._prefill_group(group)
+
+    def _prefill_group(self, seqs: list[_Sequence]) -> None:
+        """One batched prefill; when it fails (one bad prompt, say) the sequences prefill one by
+        one, so that only the request at fault ends with an error."""
         if len(seqs) > 1:
             try:
                 logits = self.engine.prefill_batch([s.state for s in seqs], [list(s.handle.request.prompt) for s in seqs])
