@@ -169,6 +169,10 @@ class Network:
         self.mtp = [MTPHead(gm.norms[f"mtp.{k}.norm_in.weight"], lin([f"mtp.{k}.proj.weight"]), gm.norms[f"mtp.{k}.norm_out.weight"])
                     for k in range(hp.n_mtp)]
         self.plan = native_trunk_plan(self.layers, lib)
+        # nc_trunk's scratch for one row (its 64 bytes of alignment slack included): M rows need
+        # at most M times that, as each region is rounded up to 64 bytes and M rounded-up regions
+        # hold one region of M rows; asked once here rather than through ctypes every step
+        self.plan_row_bytes = 0 if self.plan is None else lib.nc_trunk_scratch_bytes(1, hp.n_streams, len(self.layers), self.plan.data_ptr())
 
     def weight_bytes(self) -> dict:
         """In-memory bytes of the projection weights and of the embedding/head."""
@@ -202,7 +206,7 @@ class Network:
                 x = x + self._attention(i, L, x, attend, recur)
                 x = x + self._ffn(L, x)
             return x
-        X = x.unsqueeze(1).expand(-1, n, -1).contiguous()  # [N, n, D]: streams start as copies
+        X = self._streams(x)
         for i, L in enumerate(self.layers):
             # broadcast multiply + sum over the n streams (not matmul: tiny GEMMs cost more in
             # dispatch and threads than the maths, and their results may depend on N)
@@ -212,13 +216,17 @@ class Network:
             X = (L.h_res[None, :, :, None] * X[:, None]).sum(2) + L.h_post * (a + f).unsqueeze(1)
         return X.mean(dim=1)
 
+    def _streams(self, x: torch.Tensor) -> torch.Tensor:
+        """mHC's n residual streams [N, n, D] of the embeddings x [N, D]: they start as copies."""
+        return x.unsqueeze(1).expand(-1, self.hp.n_streams, -1).contiguous()
+
     def trunk_native(self, ids: torch.Tensor, pool: KVPool, slots: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """trunk() in one call to the native kernels (csrc/nc_trunk.c; the same bits), for the
         models native_trunk_plan accepts."""
         x = self.embed_table[ids].float()
         m, n, lib = x.shape[0], self.hp.n_streams, self.lib
-        X = x if n == 1 else x.unsqueeze(1).expand(-1, n, -1).contiguous()  # [N, n, D]: streams start as copies
-        buf = scratch_buffer(lib.nc_trunk_scratch_bytes(m, n, len(self.layers), self.plan.data_ptr()))
+        X = x if n == 1 else self._streams(x)
+        buf = scratch_buffer(m * self.plan_row_bytes)
         lib.nc_trunk(m, n, len(self.layers), self.plan.data_ptr(), pool.kv_ptrs.data_ptr(), self.n_q, self.n_kv, self.hd,
                      pool.capacity, slots.data_ptr(), pos.data_ptr(), pool.cos.data_ptr(), pool.sin.data_ptr(), self.eps,
                      2 ** (self.hp.activation_bits - 1) - 1, X.data_ptr(), buf.data_ptr())

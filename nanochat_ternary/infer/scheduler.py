@@ -268,11 +268,14 @@ class Scheduler:
         more memory than one long prompt's), then sample each one's first token."""
         seqs = [seq for seq in map(self._new_sequence, handles) if seq is not None]
         group: list[_Sequence] = []
+        tokens = 0
         for seq in seqs:
-            if group and sum(len(s.handle.request.prompt) for s in group) + len(seq.handle.request.prompt) > PREFILL_GROUP_TOKENS:
+            n = len(seq.handle.request.prompt)
+            if group and tokens + n > PREFILL_GROUP_TOKENS:
                 self._prefill_group(group)
-                group = []
+                group, tokens = [], 0
             group.append(seq)
+            tokens += n
         if group:
             self._prefill_group(group)
 

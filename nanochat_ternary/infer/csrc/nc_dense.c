@@ -174,12 +174,10 @@ static void i8_rows_m1(int K, const uint8_t* xu, const int8_t* w, const int32_t*
 #endif
 
 #if NC_I8_SIGNED
-/* One token on AVX2, one row at a time read front to back, as i8_rows_m1: the signed activations
-   are made once per call (not once per row and 32 bytes), and four accumulators over k keep the
-   maddubs / madd chains independent. The same integers as i8_tile's NC_I8_SIGNED path. */
+/* One token on AVX2, one row at a time read front to back, as i8_rows_m1; four accumulators over
+   k keep the dot-product chains independent. The same integers as i8_tile's NC_I8_SIGNED path. */
 static void i8_rows_m1_avx2(int K, const uint8_t* xu, const int8_t* w, const float* sw, float xs, float* out,
                             int n0, int n1) {
-  const int8_t* xsg = (const int8_t*)xu;  /* signed values in this build */
   const __m256i ones = _mm256_set1_epi16(1);
   for (int n = n0; n < n1; n++) {
     const int8_t* wr = w + (int64_t)n * K;
@@ -188,14 +186,11 @@ static void i8_rows_m1_avx2(int K, const uint8_t* xu, const int8_t* w, const flo
     for (; k + 128 <= K; k += 128)
       _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {
         __m256i wv = _mm256_loadu_si256((const __m256i*)(wr + k + 32 * j));
-        __m256i xv = _mm256_loadu_si256((const __m256i*)(xsg + k + 32 * j));
-        __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-        a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(p, ones));
+        a[j] = nc_i8_dot_add(a[j], _mm256_sign_epi8(wv, wv), wv, _mm256_loadu_si256((const __m256i*)(xu + k + 32 * j)), ones);
       }
     for (; k < K; k += 32) {
       __m256i wv = _mm256_loadu_si256((const __m256i*)(wr + k));
-      __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xsg + k)), wv));
-      a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(p, ones));
+      a[0] = nc_i8_dot_add(a[0], _mm256_sign_epi8(wv, wv), wv, _mm256_loadu_si256((const __m256i*)(xu + k)), ones);
     }
     int32_t acc = nc_hsum256(_mm256_add_epi32(_mm256_add_epi32(a[0], a[1]), _mm256_add_epi32(a[2], a[3])));
     out[n] = (float)acc * sw[n] / xs;

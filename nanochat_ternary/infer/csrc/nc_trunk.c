@@ -95,25 +95,25 @@ void nc_trunk(int M, int n, int L, const int64_t* plan, const int64_t* kv, int H
     float *qkv = r[0], *att = r[1], *o = r[2], *gu = r[3], *d = r[4], *h = r[5], *hf = r[6], *nx = r[7];
     char* ks = (char*)r[8];
     int64_t D = row[NC_O + 2], MD = (int64_t)M * D;
-    if (n == 1) {
-      proj(row + NC_QKV, M, X, NC_PTR(const float*, row[NC_ATTN_NORM]), eps, 0, Q, qkv, ks);
-      nc_attention(M, H, KV, hd, cap, qkv, slot, pos, cos_t, sin_t, NC_PTR(float*, kv[2 * l]), NC_PTR(float*, kv[2 * l + 1]), att);
-      proj(row + NC_O, M, att, NC_PTR(const float*, row[NC_ATTN_SUB_NORM]), eps, 0, Q, o, ks);
-      for (int64_t i = 0; i < MD; i++) X[i] += o[i];
-      proj(row + NC_GATE_UP, M, X, NC_PTR(const float*, row[NC_FFN_NORM]), eps, 0, Q, gu, ks);
-      proj(row + NC_DOWN, M, gu, NC_PTR(const float*, row[NC_FFN_SUB_NORM]), eps, 1, Q, d, ks);
+    const float *pre = NC_PTR(const float*, row[NC_H_PRE]), *res = NC_PTR(const float*, row[NC_H_RES]);
+    const float* post = NC_PTR(const float*, row[NC_H_POST]);
+    /* the layer's input: the residual stream itself, or H_pre's mix of the streams */
+    const float* in = X;
+    if (n > 1) {
+      for (int m = 0; m < M; m++) mix_row(n, D, pre, X + (int64_t)m * n * D, h + (int64_t)m * D);
+      in = h;
+    }
+    proj(row + NC_QKV, M, in, NC_PTR(const float*, row[NC_ATTN_NORM]), eps, 0, Q, qkv, ks);
+    nc_attention(M, H, KV, hd, cap, qkv, slot, pos, cos_t, sin_t, NC_PTR(float*, kv[2 * l]), NC_PTR(float*, kv[2 * l + 1]), att);
+    proj(row + NC_O, M, att, NC_PTR(const float*, row[NC_ATTN_SUB_NORM]), eps, 0, Q, o, ks);
+    if (n == 1) hf = X;  /* one stream: x += a in place */
+    for (int64_t i = 0; i < MD; i++) hf[i] = in[i] + o[i];
+    proj(row + NC_GATE_UP, M, hf, NC_PTR(const float*, row[NC_FFN_NORM]), eps, 0, Q, gu, ks);
+    proj(row + NC_DOWN, M, gu, NC_PTR(const float*, row[NC_FFN_SUB_NORM]), eps, 1, Q, d, ks);
+    if (n == 1) {  /* x += f */
       for (int64_t i = 0; i < MD; i++) X[i] += d[i];
       continue;
     }
-    const float *pre = NC_PTR(const float*, row[NC_H_PRE]), *res = NC_PTR(const float*, row[NC_H_RES]);
-    const float* post = NC_PTR(const float*, row[NC_H_POST]);
-    for (int m = 0; m < M; m++) mix_row(n, D, pre, X + (int64_t)m * n * D, h + (int64_t)m * D);
-    proj(row + NC_QKV, M, h, NC_PTR(const float*, row[NC_ATTN_NORM]), eps, 0, Q, qkv, ks);
-    nc_attention(M, H, KV, hd, cap, qkv, slot, pos, cos_t, sin_t, NC_PTR(float*, kv[2 * l]), NC_PTR(float*, kv[2 * l + 1]), att);
-    proj(row + NC_O, M, att, NC_PTR(const float*, row[NC_ATTN_SUB_NORM]), eps, 0, Q, o, ks);
-    for (int64_t i = 0; i < MD; i++) hf[i] = h[i] + o[i];
-    proj(row + NC_GATE_UP, M, hf, NC_PTR(const float*, row[NC_FFN_NORM]), eps, 0, Q, gu, ks);
-    proj(row + NC_DOWN, M, gu, NC_PTR(const float*, row[NC_FFN_SUB_NORM]), eps, 1, Q, d, ks);
     for (int64_t i = 0; i < MD; i++) d[i] = o[i] + d[i];  /* a + f */
     for (int m = 0; m < M; m++) {
       float* xm = X + (int64_t)m * n * D;
