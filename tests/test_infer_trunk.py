@@ -1,4 +1,4 @@
-"""The native trunk (csrc/nc_trunk.c: every layer in one call) against the op-by-op trunk."""
+"""The native trunk (native/csrc/nc_trunk.c: every layer in one call) against the op-by-op trunk."""
 
 from __future__ import annotations
 

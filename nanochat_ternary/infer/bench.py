@@ -112,7 +112,7 @@ def _llama_cpp_rate(path: Path, threads: int, prompt: int, steps: int) -> dict:
 
 def _cpu_isas() -> list[str]:
     """The kernel instruction sets this CPU runs (best first), for reading the figures."""
-    from .kernels_build import supported_isas
+    from ..native.build import supported_isas
 
     try:
         return supported_isas()

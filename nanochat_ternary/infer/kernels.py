@@ -2,7 +2,7 @@
 
 Why this module exists: decode speed on a CPU is bound by how many bytes of weights each token
 reads. A ternary weight needs 2 bits (TQ2_0) where PyTorch's int8 paths read 8 and float paths
-16 or 32. The native kernels (C files in csrc/, built per instruction set by kernels_build.py)
+16 or 32. The native kernels (C files in native/csrc/, built per instruction set by native/build.py)
 are compiled once with the system C compiler into a per-user cache and called through ctypes;
 when no compiler is available (or NANOCHAT_KERNELS=torch) the same maths runs on PyTorch ops:
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels_build import ISA_FLAGS, backend_name, compile_kernels, isa_library, load_library, native_library, supported_isas  # noqa: F401 (API)
+from ..native.build import ISA_FLAGS, backend_name, compile_kernels, isa_library, load_library, native_library, supported_isas  # noqa: F401 (API)
 
 QK = 256  # columns per ternary block (GGUF's QK_K)
 

@@ -71,7 +71,7 @@ class Linear:
 
 
 def native_trunk_plan(layers: list[Layer], lib: ctypes.CDLL | None) -> torch.Tensor | None:
-    """The int64 table nc_trunk runs the layers from (csrc/nc_trunk.c: per layer four norm gains,
+    """The int64 table nc_trunk runs the layers from (native/csrc/nc_trunk.c: per layer four norm gains,
     qkv, o, gate_up, down as packed weights, scales, N, K, G, then mHC's H_pre, H_res, H_post), or
     None when a layer is not an attention + SwiGLU layer of ternary projections on the native
     kernels (DeltaNet, MoE, dense weights): those models run trunk() op by op."""
@@ -221,7 +221,7 @@ class Network:
         return x.unsqueeze(1).expand(-1, self.hp.n_streams, -1).contiguous()
 
     def trunk_native(self, ids: torch.Tensor, pool: KVPool, slots: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """trunk() in one call to the native kernels (csrc/nc_trunk.c; the same bits), for the
+        """trunk() in one call to the native kernels (native/csrc/nc_trunk.c; the same bits), for the
         models native_trunk_plan accepts."""
         x = self.embed_table[ids].float()
         m, n, lib = x.shape[0], self.hp.n_streams, self.lib

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bitlinear import make_linear, shared_input_linear
+from .norm import RMSNorm
 from .rope import apply_rope
 
 
@@ -23,7 +24,7 @@ class Attention(nn.Module):
         self.q_proj = make_linear(d, self.n_head * self.head_dim, cfg)
         self.k_proj = make_linear(d, self.n_kv * self.head_dim, cfg)
         self.v_proj = make_linear(d, self.n_kv * self.head_dim, cfg)
-        self.sub_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.sub_norm = RMSNorm(d, eps=cfg.norm_eps)
         self.o_proj = make_linear(d, d, cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

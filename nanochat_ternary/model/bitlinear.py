@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native_ops
+
 
 def weight_scale(w: torch.Tensor, group_size: int = 0, eps: float = 1e-5) -> torch.Tensor:
     """Absmean scale, broadcastable to `w` ([out, in]): a scalar, or [out, in // group_size, 1]."""
@@ -32,7 +34,9 @@ def weight_scale(w: torch.Tensor, group_size: int = 0, eps: float = 1e-5) -> tor
 # The quantizers below run every step on every BitLinear input and weight. Each allocates one
 # result and rounds, clamps and rescales it in place: on a CPU at the tiny config's widths the
 # out-of-place chain (one new tensor per operation) cost as much again in allocation and memory
-# traffic. The values are the same as the out-of-place chain's, bit for bit.
+# traffic. The values are the same as the out-of-place chain's, bit for bit. On a CPU in float32
+# quantize_weight and quantize_activation are one native call each (native_ops.py), again with
+# the same values bit for bit.
 
 def ternarize(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (t, scale) with t in {-1, 0, +1} (same dtype as w) and W_q = t * scale."""
@@ -46,6 +50,8 @@ def ternarize(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor, torch
 
 def quantize_weight(w: torch.Tensor, group_size: int = 0) -> torch.Tensor:
     """Ternary fake-quantisation of `w` (values t * scale), without gradient plumbing."""
+    if native_ops.usable(w):
+        return native_ops.ternary_fake(w, weight_scale(w, group_size), group_size)
     t, scale = ternarize(w, group_size)
     if group_size:
         out_f, in_f = w.shape
@@ -55,6 +61,8 @@ def quantize_weight(w: torch.Tensor, group_size: int = 0) -> torch.Tensor:
 
 def quantize_activation(x: torch.Tensor, bits: int = 8, eps: float = 1e-5) -> torch.Tensor:
     """Per-token absmax fake-quantisation to signed `bits`-bit integers."""
+    if native_ops.usable(x):
+        return native_ops.quantize_activation(x, bits, eps)
     q = 2 ** (bits - 1) - 1
     x0 = x.detach()
     # max |x| = max(max x, -min x), without an |x| copy (linalg.vector_norm(inf) was 10x slower)

@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bitlinear import make_linear, shared_input_linear
+from .norm import RMSNorm
 
 CHUNK = 64
 CONV_KERNEL = 4
@@ -185,7 +186,7 @@ class GatedDeltaNet(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(H))
         self.A_log._no_weight_decay = True
         self.dt_bias._no_weight_decay = True
-        self.o_norm = nn.RMSNorm(dv, eps=cfg.norm_eps)
+        self.o_norm = RMSNorm(dv, eps=cfg.norm_eps)
         self.o_proj = make_linear(H * dv, d, cfg)
         self.reset_gates()
 

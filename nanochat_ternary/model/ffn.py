@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bitlinear import make_linear, shared_input_linear
+from .norm import RMSNorm
 
 
 class SwiGLU(nn.Module):
@@ -19,7 +20,7 @@ class SwiGLU(nn.Module):
         d, h = cfg.hidden_dim, hidden or cfg.ffn_hidden
         self.gate_proj = make_linear(d, h, cfg)
         self.up_proj = make_linear(d, h, cfg)
-        self.sub_norm = nn.RMSNorm(h, eps=cfg.norm_eps)
+        self.sub_norm = RMSNorm(h, eps=cfg.norm_eps)
         self.down_proj = make_linear(h, d, cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

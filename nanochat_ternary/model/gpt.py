@@ -33,16 +33,17 @@ from .bitlinear import make_linear
 from .deltanet import GatedDeltaNet, deltanet_layers
 from .mhc import MHC, composite_gain
 from .moe import is_moe_layer, make_ffn, moe_param_counts
+from .norm import RMSNorm
 from .rope import rope_tables
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
         # the token mixer: full attention, or a Gated DeltaNet on the layers deltanet_layers picks
         self.attn = GatedDeltaNet(cfg) if layer_idx in deltanet_layers(cfg.num_layers, cfg.deltanet_ratio) else Attention(cfg)
-        self.ffn_norm = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
         self.ffn = make_ffn(cfg, layer_idx)  # dense SwiGLU or an MoE (moe.py)
         self.mhc = MHC(cfg.mhc_n_streams, layer_idx, cfg.mhc_post_main) if cfg.mhc_n_streams > 1 else None
 
@@ -61,9 +62,9 @@ class MTPHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm_in = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
+        self.norm_in = RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
         self.proj = make_linear(cfg.hidden_dim, cfg.hidden_dim, cfg)
-        self.norm_out = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
+        self.norm_out = RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.norm_out(z + self.proj(self.norm_in(z)))
@@ -76,7 +77,7 @@ class GPT(nn.Module):
         self.gradient_checkpointing = False
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_dim)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
-        self.norm = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
         self.mtp = nn.ModuleList(MTPHead(cfg) for _ in range(cfg.mtp_n_tokens)) if cfg.use_mtp else nn.ModuleList()
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)

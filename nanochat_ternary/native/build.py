@@ -1,5 +1,9 @@
 """Build the native kernels (C files in csrc/) for each instruction set, and pick one at run time.
 
+One library holds every C kernel of the project: the inference engine's (infer/kernels.py) and
+the training step's row-wise ones (model/native_ops.py). It lives outside both stages so that
+neither imports the other.
+
 Why this module exists: one binary cannot use AVX-512 on the machines that have it and still run
 on the ones that do not, and `-march=native` builds only the first kind it meets. So the same
 sources are compiled once per instruction set with explicit target flags (ISA_FLAGS), each into
@@ -21,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 SRC_DIR = Path(__file__).parent / "csrc"
-SOURCES = ("nc_cpu.c", "nc_ternary.c", "nc_dense.c", "nc_attention.c", "nc_trunk.c")
+SOURCES = ("nc_cpu.c", "nc_ternary.c", "nc_dense.c", "nc_attention.c", "nc_trunk.c", "nc_train.c")
 HEADERS = ("nc_common.h",)
 CFLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off", "-Wall", "-Wextra"]
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
@@ -91,6 +95,12 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.nc_int8_gemm.restype = None
     lib.nc_topk.argtypes = [i, i, i, p, p]
     lib.nc_topk.restype = None
+    lib.nc_rmsnorm_bwd.argtypes = [i, i, i, p, p, p, p, p, p, p]
+    lib.nc_rmsnorm_bwd.restype = None
+    lib.nc_act_quant.argtypes = [i, i, p, f, f, p]
+    lib.nc_act_quant.restype = None
+    lib.nc_ternary_fake.argtypes = [i, i, i, p, p, i, p]
+    lib.nc_ternary_fake.restype = None
     lib.nc_isa.restype = ctypes.c_char_p
     lib.nc_cpu_features.restype = ctypes.c_int
     return lib

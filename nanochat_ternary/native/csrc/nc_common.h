@@ -1,6 +1,6 @@
 /* Shared by the native kernel sources: includes, the instruction-set macros, helpers.
  *
- * kernels.py compiles the same .c files once per instruction set (flags in kernels.py: ISA_FLAGS)
+ * native/build.py compiles the same .c files once per instruction set (flags in build.py: ISA_FLAGS)
  * and loads the best one the CPU supports (nc_cpu.c reports both sides). Which code each build
  * contains follows from the compiler's target macros:
  *   NC_VNNI     AVX-512 F/BW + VNNI (vpdpbusd on 512-bit vectors)

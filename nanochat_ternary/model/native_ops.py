@@ -1,0 +1,108 @@
+"""The training step's row-wise ops as single native calls: RMSNorm's backward and the BitLinear
+activation and weight fake quantisers (C in native/csrc/nc_train.c).
+
+Why: at the tiny config's widths a CPU training step is ~3,500 PyTorch ops and the ones that are
+not matmuls cost mostly their per-op overhead. nn.RMSNorm's CPU path is a pow/mean/add/rsqrt/mul
+chain whose autograd backward adds a dozen more ops per norm (PowBackward alone was ~3 ms of a
+~30 ms backward); each quantiser is 4-7 elementwise ops. Here each is one pass over the rows.
+
+What the C path computes:
+  - the quantisers: bit for bit what bitlinear.py's PyTorch ops compute (tests check equality);
+  - RMSNorm: the forward is PyTorch's (torch._fused_rms_norm: F.rms_norm's bits, and r per row),
+    so the forward pass, and every activation rounding in it, is unchanged; the backward is the
+    analytic one in one call,
+      gx = r * (g * w) - x * r^3 * sum(g * w * x) / D,   gw = sum over rows of g * x * r,
+    with r = 1 / sqrt(mean(x^2) + eps), saving only x and r (nn.RMSNorm's graph keeps more); its
+    gradients differ from autograd's by float summation order only (tests: 1e-6 relative).
+
+It runs only where it computes what PyTorch would: float32 tensors on the CPU, outside autocast,
+plain tensors (not DTensor shards or fakes), with the library built. Elsewhere (CUDA, MPS, bf16,
+no C compiler, NANOCHAT_KERNELS=torch) the callers use their PyTorch ops.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
+@functools.lru_cache(maxsize=1)
+def library():
+    """The native kernels (native/build.py's choice for this CPU), or None."""
+    from ..native.build import native_library
+
+    return native_library()
+
+
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """Whether the C path applies to these tensors (None entries are ignored)."""
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN or t.device.type != "cpu" or t.dtype != torch.float32):
+            return False
+    return not torch.is_autocast_enabled("cpu") and library() is not None
+
+
+def _rows(x: torch.Tensor) -> tuple[int, int]:
+    d = x.shape[-1]
+    return x.numel() // d if d else 0, d
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+        # PyTorch's own forward (the same bits as F.rms_norm), which also returns r per row
+        y, rstd = torch._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+        ctx.save_for_backward(x.contiguous(), weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        g, rstd = g.contiguous(), rstd.contiguous()
+        n, d = _rows(x)
+        gx = torch.empty_like(x)
+        gw = torch.empty(d, dtype=torch.float32) if weight is not None and ctx.needs_input_grad[1] else None
+        threads = torch.get_num_threads()
+        scratch = torch.empty(threads * d if gw is not None else 1, dtype=torch.float32)
+        if n:
+            library().nc_rmsnorm_bwd(n, d, threads, x.data_ptr(), _ptr(weight), rstd.data_ptr(), g.data_ptr(),
+                                     gx.data_ptr(), _ptr(gw), scratch.data_ptr())
+        elif gw is not None:
+            gw.zero_()
+        return gx, gw, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension, with gradients for x and weight."""
+    return _RMSNorm.apply(x, weight, eps)
+
+
+def quantize_activation(x: torch.Tensor, bits: int, eps: float) -> torch.Tensor:
+    """bitlinear.quantize_activation's values (no gradient: the STE wraps it)."""
+    x = x.detach().contiguous()
+    n, d = _rows(x)
+    out = torch.empty_like(x)
+    if n:
+        library().nc_act_quant(n, d, x.data_ptr(), float(2 ** (bits - 1) - 1), eps, out.data_ptr())
+    return out
+
+
+def ternary_fake(w: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:
+    """clamp(round(w / scale), -1, 1) * scale for w [out, in] and bitlinear.weight_scale's scale
+    (a scalar, or one per row and group of `group_size` columns)."""
+    w = w.detach().contiguous()
+    out_f, in_f = w.shape
+    scale = scale.detach().contiguous()
+    out = torch.empty_like(w)
+    if w.numel():
+        library().nc_ternary_fake(out_f, in_f, group_size or in_f, w.data_ptr(), scale.data_ptr(),
+                                  int(not group_size), out.data_ptr())
+    return out
