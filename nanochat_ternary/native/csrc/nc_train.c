@@ -64,20 +64,10 @@ void nc_rmsnorm_bwd(int N, int D, int T, const float* x, const float* w, const f
       float r = rstd[n];
       if (gw)  /* before gx overwrites g */
         for (int j = 0; j < D; j++) part[j] += gr[j] * (xr[j] * r);
-      if (w) {
-        float acc[16] = {0};
-        int j = 0;
-        for (; j + 16 <= D; j += 16)
-          for (int l = 0; l < 16; l++) acc[l] += gr[j + l] * w[j + l] * xr[j + l];
-        for (; j < D; j++) acc[0] += gr[j] * w[j] * xr[j];
-        float dot = 0;
-        for (int l = 0; l < 16; l++) dot += acc[l];
-        float c = r * r * r * dot / (float)D;
-        for (j = 0; j < D; j++) gxr[j] = r * (gr[j] * w[j]) - xr[j] * c;
-      } else {
-        float c = r * r * r * nc_dot16(gr, xr, D) / (float)D;
-        for (int j = 0; j < D; j++) gxr[j] = r * gr[j] - xr[j] * c;
-      }
+      /* gx holds g * w first (the product the dot and the result share), then the gradient */
+      for (int j = 0; j < D; j++) gxr[j] = w ? gr[j] * w[j] : gr[j];
+      float c = r * r * r * nc_dot16(gxr, xr, D) / (float)D;
+      for (int j = 0; j < D; j++) gxr[j] = r * gxr[j] - xr[j] * c;
     }
   }
   if (gw) {
