@@ -175,6 +175,23 @@ def test_every_isa_gives_the_portable_integers(isa_lib, portable, m, n, k, group
     assert torch.equal(K.int8_matmul(xi, w8, isa_lib), K.int8_matmul(xi, w8, portable))
 
 
+@pytest.mark.parametrize("m,k", [(1, 256), (3, 768), (8, 2048)])
+def test_every_isa_prepares_the_portable_rows(isa_lib, portable, m, k):
+    """The fused SiLU-GLU + RMSNorm + quantisation in front of a projection (vectorised exp, sums in
+    16 lanes) gives the portable build's bits in every build, and stays close to PyTorch's maths
+    for gates far out on both sides (|g| up to 100: e^-|g| underflows, nothing overflows)."""
+    t, scales = _case(24, k, 1, seed=k)
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 2 * k, generator=g) * 3
+    x[0, :8] = torch.tensor([100.0, -100.0, 30.0, -30.0, 88.0, -88.0, 0.0, -0.0])
+    nw = torch.rand(k, generator=g) + 0.5
+    got = K.ternary_matmul(x, K.make_ternary(t, scales, isa_lib), 8, isa_lib, norm=nw, eps=1e-5, glu=True)
+    assert torch.equal(got, K.ternary_matmul(x, K.make_ternary(t, scales, portable), 8, portable, norm=nw, eps=1e-5, glu=True))
+    h = F.rms_norm(F.silu(x[:, :k]) * x[:, k:], (k,), nw, 1e-5)
+    want = K.ternary_matmul(h, K.make_ternary(t, scales, None), 8, None)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("k", [64, 320, 768])  # one token: the row-streaming paths, with and without a tail
 def test_one_token_int8_head_gives_the_portable_integers(isa_lib, portable, k):
     w = (torch.randn(19, k, generator=torch.Generator().manual_seed(k)) * 0.05).half()

@@ -27,7 +27,11 @@ from pathlib import Path
 SRC_DIR = Path(__file__).parent / "csrc"
 SOURCES = ("nc_cpu.c", "nc_ternary.c", "nc_dense.c", "nc_attention.c", "nc_trunk.c", "nc_train.c")
 HEADERS = ("nc_common.h",)
-CFLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off", "-Wall", "-Wextra"]
+# -ffp-contract=off: no FMA contraction, so every build rounds alike (the same bits on every ISA);
+# -fno-trapping-math: nothing here reads floating-point exception flags, and without it GCC 12
+# will not if-convert a clamp ahead of nearbyintf, so exp / SiLU loops stayed scalar for AVX2
+# (it changes no value: no reassociation, no contraction)
+CFLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off", "-fno-trapping-math", "-Wall", "-Wextra"]
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 # best first; each needs the nc_cpu_features bits in ISA_NEEDS
 ISA_FLAGS = {

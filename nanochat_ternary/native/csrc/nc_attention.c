@@ -58,26 +58,6 @@ AI float hsumv(vf a) {  /* halves added until 4 lanes are left, then (0 + 2) + (
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-/* e^x for the softmax (x <= 0 there): Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2, and
-   Cephes' degree-7 polynomial for e^r (about 1 ulp, as the Cephes expf), then 2^k from the exponent
-   bits. Written to vectorise: libm's expf, one call per score, was most of the attention's time. */
-AI float exp_neg(float x) {
-  x = x > -87.0f ? x : -87.0f;  /* e^-87 ~ 1.6e-38: the smallest normal float's range */
-  float k = nearbyintf(x * 1.44269504088896341f);
-  float r = x - k * 0.693359375f - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits = ((int32_t)k + 127) << 23;
-  float two_k;
-  __builtin_memcpy(&two_k, &bits, sizeof two_k);
-  return p * two_k;
-}
-
 /* one kv group of one row: its G query heads q [G, hd] (RoPE applied) over keys/values 0..n-1
    (kb, vb: [cap, hd]); every key and value is loaded once for all G heads. p: [G, n] scratch,
    o: [G, hd] output. hd a multiple of VW (else scalar loops, same maths). */
@@ -103,7 +83,7 @@ static void attend_group(int G, int hd, int n, float scale, const float* q, cons
     float* ph = p + h * n;
     float mx = -INFINITY, sum = 0.f;
     for (int j = 0; j < n; j++) mx = ph[j] > mx ? ph[j] : mx;
-    for (int j = 0; j < n; j++) ph[j] = exp_neg(ph[j] - mx);
+    for (int j = 0; j < n; j++) ph[j] = nc_exp_neg(ph[j] - mx);
     for (int j = 0; j < n; j++) sum += ph[j];
     float inv = 1.0f / sum;
     for (int j = 0; j < n; j++) ph[j] *= inv;

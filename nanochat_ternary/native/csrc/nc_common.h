@@ -96,6 +96,68 @@ AI float nc_hsum256_ps(__m256 v) {
 }
 #endif
 
+/* sum(a * b) over D floats in 16 partial sums, added in lane order at the end: it vectorises
+   without -ffast-math, and every build (AVX-512, AVX2, portable) adds in the same order, so all
+   give the same bits */
+AI float nc_dot16(const float* a, const float* b, int D) {
+  float acc[16] = {0};
+  int j = 0;
+  for (; j + 16 <= D; j += 16)
+    for (int l = 0; l < 16; l++) acc[l] += a[j + l] * b[j + l];
+  for (; j < D; j++) acc[0] += a[j] * b[j];
+  float s = 0;
+  for (int l = 0; l < 16; l++) s += acc[l];
+  return s;
+}
+
+/* max |x| over D floats (0 for none), in 16 partial maxima (exact in any order; NaNs are skipped) */
+AI float nc_absmax16(const float* x, int D) {
+  float m[16] = {0};
+  int j = 0;
+  for (; j + 16 <= D; j += 16)
+    for (int l = 0; l < 16; l++) {
+      float v = fabsf(x[j + l]);
+      m[l] = v > m[l] ? v : m[l];
+    }
+  for (; j < D; j++) {
+    float v = fabsf(x[j]);
+    m[0] = v > m[0] ? v : m[0];
+  }
+  float a = 0.f;
+  for (int l = 0; l < 16; l++) a = m[l] > a ? m[l] : a;
+  return a;
+}
+
+/* e^x for x <= 0: Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2, and Cephes' degree-7
+   polynomial for e^r (about 1 ulp, as the Cephes expf), then 2^k from the exponent bits. Plain
+   float operations (no FMA contraction: -ffp-contract=off), so every build gives the same bits,
+   and it vectorises (libm's expf is one scalar call per element; for AVX2 only with
+   -fno-trapping-math, see build.py). */
+AI float nc_exp_neg(float x) {
+  x = x > -87.0f ? x : -87.0f;  /* e^-87 ~ 1.6e-38: the smallest normal float's range */
+  float k = nearbyintf(x * 1.44269504088896341f);
+  float r = x - k * 0.693359375f - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = ((int32_t)k + 127) << 23;
+  float two_k;
+  __builtin_memcpy(&two_k, &bits, sizeof two_k);
+  return p * two_k;
+}
+
+/* silu(g) = g * sigmoid(g) = g / (1 + e^-g), from e = e^-|g| <= 1 so that nothing overflows:
+   g / (1 + e) for g >= 0, g * e / (1 + e) below (both numerators, then a select: vectorises) */
+AI float nc_silu(float g) {
+  float e = nc_exp_neg(-fabsf(g));
+  float ge = g * e;
+  return (g >= 0.f ? g : ge) / (1.0f + e);
+}
+
 /* kernels that other kernel files call (nc_trunk.c runs whole layers with them) */
 void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float eps, int glu, const uint8_t* w,
                      const float* sw, int G, int Q, float* out, float* xn, int8_t* xq, float* xs, int32_t* xsum);

@@ -38,18 +38,15 @@ static void quant_rows(int M, int K, const float* x, const float* nw, float eps,
     const float* r = x + (int64_t)m * K * (glu ? 2 : 1);
     float* t = xn + (int64_t)m * K;
     if (glu) {
-      for (int k = 0; k < K; k++) { float g = r[k]; t[k] = g / (1.0f + expf(-g)) * r[K + k]; }
+      for (int k = 0; k < K; k++) t[k] = nc_silu(r[k]) * r[K + k];
       r = t;
     }
     if (nw) {
-      float ss = 0.f;
-      for (int k = 0; k < K; k++) ss += r[k] * r[k];
-      float inv = 1.0f / sqrtf(ss / (float)K + eps);
+      float inv = 1.0f / sqrtf(nc_dot16(r, r, K) / (float)K + eps);
       for (int k = 0; k < K; k++) t[k] = r[k] * inv * nw[k];
       r = t;
     }
-    float a = 0.f;
-    for (int k = 0; k < K; k++) { float v = fabsf(r[k]); a = v > a ? v : a; }
+    float a = nc_absmax16(r, K);
     if (a < 1e-5f) a = 1e-5f;
     float s = (float)Q * (1.0f / a);  /* torch evaluates `q / t` as q * reciprocal(t) */
     xs[m] = s;

@@ -34,18 +34,6 @@ static void nc_row_block(int N, int* n0, int* n1) {
   *n1 = *n0 + per < N ? *n0 + per : N;
 }
 
-/* sum(a * b) over D floats, in 16 partial sums */
-static float nc_dot16(const float* a, const float* b, int D) {
-  float acc[16] = {0};
-  int j = 0;
-  for (; j + 16 <= D; j += 16)
-    for (int l = 0; l < 16; l++) acc[l] += a[j + l] * b[j + l];
-  for (; j < D; j++) acc[0] += a[j] * b[j];
-  float s = 0;
-  for (int l = 0; l < 16; l++) s += acc[l];
-  return s;
-}
-
 /* g (the gradient of y), gx [N, D]; gw [D] or NULL (not wanted); T threads (the caller's count, so
    that it sizes scratch: T * D floats for the per-thread partial sums of gw). gx may alias g. */
 void nc_rmsnorm_bwd(int N, int D, int T, const float* x, const float* w, const float* rstd, const float* g, float* gx,
