@@ -96,8 +96,8 @@ def test_batched_decode_equals_one_by_one_and_state_is_per_sequence(built):
         rows = engine.decode(states, [f[i] for f in feed])
         for j in range(len(prompts)):
             got[j].append(rows[j])
-    for e, g in zip(expected, got):
-        assert torch.allclose(e, torch.stack(g), rtol=1e-4, atol=1e-4)
+    for e, g in zip(expected, got):  # bit for bit: a sequence's decode does not depend on its batch
+        assert torch.equal(e, torch.stack(g))
     # the state is constant in size, and released with the sequence; a reused slot starts fresh
     _, s = alone(prompts[1], feed[1])
     size = s.recurrent.nbytes()

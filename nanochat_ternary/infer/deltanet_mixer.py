@@ -45,7 +45,9 @@ class DeltaNetMixer:
         xn = F.rms_norm(x, (x.shape[-1],), norm, self.eps)
         p = self.proj(xn)
         mixed, gate = p[:, : self.channels], p[:, self.channels :]
-        a, b = (xn @ self.ab.t()).split(self.H, dim=-1)
+        # a broadcast multiply + row sums, not a matmul: GEMM kernels for 1 row and for several add
+        # in other orders, and a sequence's decode must not depend on its batch
+        a, b = (xn[:, None, :] * self.ab).sum(-1).split(self.H, dim=-1)
         g, beta = decay_and_beta(a, b, self.A_log, self.dt_bias)
         o = recur(self.layer, mixed, self.conv, g, beta)  # [N, H, dv]
         o = F.rms_norm(o, (self.dv,), self.norm, self.eps) * F.silu(gate.view(N, self.H, self.dv))

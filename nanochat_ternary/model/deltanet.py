@@ -147,8 +147,10 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor | None
 def causal_conv_step(window: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """One decode step of `causal_conv`: window [N, K, C] (the K - 1 tail inputs, then the new
     one), weight [C, 1, K] -> [N, C]. A multiply-and-sum: for one output position, conv1d's
-    per-call setup (oneDNN) costs ~10x the arithmetic."""
-    return F.silu(torch.einsum("nkc,ck->nc", window, weight[:, 0, :]))
+    per-call setup (oneDNN) costs ~10x the arithmetic. Made row-major: einsum hands back a
+    column-major [N, C] when N > 1, and the per-row reductions that follow (the q / k norms) then
+    add in another order than for one row, so a sequence's decode would depend on its batch."""
+    return F.silu(torch.einsum("nkc,ck->nc", window, weight[:, 0, :]).contiguous())
 
 
 def decay_and_beta(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor):
