@@ -113,7 +113,7 @@ class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16
     num_threads: int = 0  # 0: leave torch's default
-    compile: bool = False  # torch.compile (a GPU option; no faster on CPU)
+    compile: bool = False  # torch.compile the trunk (device.compile_trunk; a GPU option, no faster on CPU)
 
 
 @dataclass

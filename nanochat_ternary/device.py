@@ -2,7 +2,7 @@
 
 CPU: fp32 with flush-denormal on (denormals made CPU steps up to 15x slower here) and freed
 memory kept for reuse (cpu_malloc.py); bf16 and torch.compile were measured no faster on CPU, so
-they stay GPU options.
+they stay GPU options (`[hardware] dtype` and `[hardware] compile`).
 """
 
 from __future__ import annotations
@@ -48,3 +48,12 @@ def autocast(device: torch.device, dtype: str = "auto"):
     if use_bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def compile_trunk(model: torch.nn.Module) -> None:
+    """`[hardware] compile`: torch.compile the model's trunk (`GPT.trunk`: the blocks, which every
+    forward and loss runs). The compiled function is set on the instance, so the module, its
+    parameters and its state-dict names stay the plain model's: checkpoints, resume and export
+    do not change. The compiler traces the PyTorch ops (model/native_ops.py steps aside while it
+    traces), and the first steps pay the compilation."""
+    model.trunk = torch.compile(model.trunk)

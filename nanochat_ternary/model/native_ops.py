@@ -16,8 +16,9 @@ What the C path computes:
     gradients differ from autograd's by float summation order only (tests: 1e-6 relative).
 
 It runs only where it computes what PyTorch would: float32 tensors on the CPU, outside autocast,
-plain tensors (not DTensor shards or fakes), with the library built. Elsewhere (CUDA, MPS, bf16,
-no C compiler, NANOCHAT_KERNELS=torch) the callers use their PyTorch ops.
+plain tensors (not DTensor shards or fakes), with the library built, and not while torch.compile
+traces the model. Elsewhere (CUDA, MPS, bf16, no C compiler, NANOCHAT_KERNELS=torch) the callers
+use their PyTorch ops.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def usable(*tensors: torch.Tensor | None) -> bool:
     for t in tensors:
         if t is not None and (type(t) not in _PLAIN or t.device.type != "cpu" or t.dtype != torch.float32):
             return False
-    return not torch.is_autocast_enabled("cpu") and library() is not None
+    # under torch.compile the PyTorch ops are traced (and fused by the compiler) instead
+    return not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and library() is not None
 
 
 def _rows(x: torch.Tensor) -> tuple[int, int]:

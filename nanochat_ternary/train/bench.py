@@ -42,7 +42,7 @@ import torch
 
 from ..config import Config
 from ..cpu_malloc import M_MMAP_THRESHOLD, mallopt
-from ..device import autocast, resolve_device, setup_device
+from ..device import autocast, compile_trunk, resolve_device, setup_device
 from ..model.gpt import GPT, count_params, flops_per_token
 from .bench_moe import moe_pair, moe_ratios
 from .loss import compute_loss
@@ -204,6 +204,8 @@ def bench_train(cfg: Config, steps: int = 5, rounds: int = 3, warmup: int = 2, d
         model.init_weights(0)
         model.gradient_checkpointing = cfg.training.gradient_checkpointing
         model.to(dev).train()
+        if cfg.hardware.compile:  # the warm-up steps pay the compilation
+            compile_trunk(model)
         opts = build_optimizers(model, cfg.training)
         tokens = torch.randint(0, mcfg.vocab_size, (B, T + 1), generator=torch.Generator().manual_seed(0)).to(dev)
         counts = count_params(model)

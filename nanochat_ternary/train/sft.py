@@ -29,7 +29,7 @@ from ..config import config_from_dict, require_supported
 from ..data.instruct import Pair
 from ..data.loader import TokenLoader
 from ..data.tokenizer import EOS_ID, Tokenizer
-from ..device import autocast, resolve_device, setup_device
+from ..device import autocast, compile_trunk, resolve_device, setup_device
 from ..errors import DataError
 from ..model.gpt import GPT
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -111,6 +111,8 @@ def sft(base_checkpoint: str | Path, pairs: list[Pair], run_dir: str | Path, opt
     model = GPT(cfg.model)
     model.load_state_dict(ckpt.model_state)
     model.to(dev)
+    if cfg.hardware.compile:
+        compile_trunk(model)
     t = replace(cfg.training, learning_rate=cfg.training.learning_rate * opts.lr_scale)
     optimizers = build_optimizers(model, t)
     params = [p for p in model.parameters() if p.requires_grad]

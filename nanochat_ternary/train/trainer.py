@@ -20,7 +20,7 @@ import torch
 from ..config import Config, config_from_dict, require_supported
 from ..data.loader import TokenLoader
 from ..data.tokenizer import EOS_ID
-from ..device import resolve_device, setup_device
+from ..device import compile_trunk, resolve_device, setup_device
 from ..errors import NanochatError
 from ..model.gpt import GPT, count_params
 from ..model.moe import moe_stats
@@ -114,6 +114,8 @@ def _train(cfg, data, run_dir, ckpt, dev, dist_info, keep_checkpoints, quiet) ->
     if fsdp.wants_fsdp(t, dist_info):  # FSDP2: each rank keeps its rows of every tensor (train/fsdp.py)
         fsdp.shard_model(model, dev, dist_info)
         dist_info = dataclasses.replace(dist_info, sharded=True)
+    if cfg.hardware.compile:
+        compile_trunk(model)
     optimizers = build_optimizers(model, t)
     loader = TokenLoader(
         data_dir / "train", t.batch_size, t.seq_length, seed=t.seed,
