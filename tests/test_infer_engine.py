@@ -266,3 +266,14 @@ def test_prefill_batch_equals_one_prefill_each(built, name):
             assert torch.allclose(first[j], a, rtol=1e-4, atol=1e-4) and torch.allclose(nxt[j], b, rtol=1e-4, atol=1e-4)
         else:
             assert torch.equal(first[j], a) and torch.equal(nxt[j], b)
+
+
+def test_engine_keeps_freed_memory(tmp_path):
+    """Loading an engine sets the process's malloc to keep freed pages (cpu_malloc.py), so the
+    per-step logits and sampler buffers are not faulted in again every step."""
+    from nanochat_ternary import cpu_malloc
+
+    g, m, _, _ = export_snapped(tmp_path, **VARIANTS["n2"])
+    cpu_malloc.keep_freed_memory.cache_clear()
+    Engine.load(g, m)
+    assert cpu_malloc.keep_freed_memory.cache_info().currsize == 1

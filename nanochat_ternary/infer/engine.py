@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..cpu_malloc import keep_freed_memory
 from ..errors import NanochatError
 from .gguf_model import GGUFModel, read_gguf_model
 from .kernels import backend_name, native_library
@@ -39,6 +40,10 @@ class EngineInputError(NanochatError, ValueError):
 class Engine:
     def __init__(self, gm: GGUFModel, backend: str | None = None, exact_head: bool | None = None):
         torch.set_flush_denormal(True)
+        # every step allocates and frees the same buffers (logits [B, V], the sampler's float64
+        # rows): keep their pages instead of faulting them in again (sampling 8 rows of a 32K
+        # vocabulary took 1.56 ms a step without, 0.51 ms with)
+        keep_freed_memory()
         self.model_file = gm.path
         self.hp = gm.hp
         self.lib = None if backend == "torch" else native_library()

@@ -126,8 +126,11 @@ def sample_batch(samplers: list[Sampler], logits: torch.Tensor, histories: list[
         # inverse-CDF sampling with one uniform draw per step (see the module docstring); no
         # filtering, so no sort: walk the CDF in token-id order (as valid, and cheaper)
         u = torch.tensor([samplers[i].uniform() for i in plain], dtype=torch.float64)
-        temps = torch.tensor([samplers[i].params.temperature for i in plain], dtype=torch.float64)
-        cdf = torch.cumsum(torch.softmax(logits[plain].double() / temps[:, None], dim=-1), dim=-1)
+        temps = [samplers[i].params.temperature for i in plain]
+        rows = logits if len(plain) == len(samplers) else logits[plain]  # no gather when every row is plain
+        # one temperature (the usual case) divides by a float: the same quotients, one op fewer
+        t = temps[0] if len(set(temps)) == 1 else torch.tensor(temps, dtype=torch.float64)[:, None]
+        cdf = torch.softmax(rows.double() / t, dim=-1).cumsum_(dim=-1)
         index = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
         for i, t in zip(plain, index.clamp_max(cdf.shape[-1] - 1).tolist()):
             out[i] = t
