@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from infer_helpers import export_snapped, one_thread, training_greedy  # noqa: F401 (fixture)
+from nanochat_ternary.errors import ConfigError
 from nanochat_ternary.infer.engine import Engine, EngineInputError
 from nanochat_ternary.infer.speculative import greedy_generate, speculative_generate
 
@@ -277,3 +278,40 @@ def test_engine_keeps_freed_memory(tmp_path):
     cpu_malloc.keep_freed_memory.cache_clear()
     Engine.load(g, m)
     assert cpu_malloc.keep_freed_memory.cache_info().currsize == 1
+
+
+def test_f16_kv_cache(built, tmp_path):
+    """`kv_cache="f16"`: keys and values stored as float16 (half the cache), native attention on
+    them close to the PyTorch back-end's on the same cache and to the float32 cache's logits, the
+    same greedy tokens here, and batched decode still bit for bit each row alone."""
+    _, _, tok = built("n2")
+    g, m, _, _ = export_snapped(tmp_path, **VARIANTS["n2"])
+    engine, half = Engine.load(g, m), Engine.load(g, m, kv_cache="f16")
+    assert half.info()["kv_cache"] == "f16" and half.pool.k[0].dtype == torch.float16
+    assert engine.pool.k[0].dtype == torch.float32
+    assert sum(t.nbytes for t in half.pool.k + half.pool.v) * 2 == sum(t.nbytes for t in engine.pool.k + engine.pool.v)
+    tokens = tok.encode(PROMPT + "a + b;\n    let y = x * 2;\n}\n")[:48]
+    ref = engine.forward_logits(tokens)
+    got = half.forward_logits(tokens)
+    scale = ref.abs().max().item()
+    assert 0 < (got - ref).abs().max().item() <= 0.05 * scale  # F16 rounding moves them, a little
+    slow = Engine.load(g, m, backend="torch", kv_cache="f16")
+    assert (slow.forward_logits(tokens) - got).abs().max().item() <= 0.05 * scale
+    assert greedy_generate(half, tok.encode(PROMPT), 16) == greedy_generate(engine, tok.encode(PROMPT), 16)
+    prompts = [tok.encode(p) for p in ("fn a() {", "let", "enum E { A, B }\n")]
+    alone = []
+    for p in prompts:
+        s = half.new_state()
+        half.prefill(s, p)
+        alone.append(torch.stack([half.decode([s], [7 + i])[0] for i in range(6)]))
+    states = [half.new_state() for _ in prompts]
+    for s, p in zip(states, prompts):
+        half.prefill(s, p)
+    rows = torch.stack([half.decode(states, [7 + i] * len(prompts)) for i in range(6)], dim=1)
+    assert all(torch.equal(rows[j], alone[j]) for j in range(len(prompts)))
+
+
+def test_kv_cache_name_is_checked(built):
+    engine, _, _ = built("n2")
+    with pytest.raises(ConfigError, match="kv_cache"):
+        Engine.load(engine.model_file, kv_cache="f8")

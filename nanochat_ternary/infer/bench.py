@@ -121,14 +121,15 @@ def _cpu_isas() -> list[str]:
 
 
 def bench_infer(model: str | None = None, mhc: str | None = None, shape: str | None = None, threads: int = 2, prompt_tokens: int = 128,
-                decode_tokens: int = 64, batch: int = 8, rounds: int = 3, baseline: bool = True, progress: bool = False) -> dict:
+                decode_tokens: int = 64, batch: int = 8, rounds: int = 3, baseline: bool = True, progress: bool = False,
+                kv_cache: str = "f32") -> dict:
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(model) if model else export_random_model(shape, Path(tmp), progress)
         t = time.perf_counter()
         gm = read_gguf_model(path, mhc)
-        engine = Engine(gm)
+        engine = Engine(gm, kv_cache=kv_cache)
         load_s = time.perf_counter() - t
         prompt_tokens = min(prompt_tokens, engine.n_ctx // 2)
         decode_tokens = min(decode_tokens, engine.n_ctx // 2 - 8 - 4 * batch)

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from ..cli_args import positive_int
+from ..cli_args import kv_cache_arg, positive_int
 from ..errors import ConfigError
 
 
@@ -28,7 +28,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.speculative and temperature != 0:
         raise ConfigError("--speculative decodes greedily: leave --temperature out or set it to 0")
     params = SamplingParams(temperature=temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed).validate()
-    engine = Engine.load(args.model, args.mhc, num_threads=args.threads)
+    engine = Engine.load(args.model, args.mhc, num_threads=args.threads, kv_cache=args.kv_cache)
     tok = engine.tokenizer
     prompt = ([tok.bos_id] if not args.no_bos else []) + tok.encode(args.prompt)
     if len(prompt) >= engine.n_ctx:
@@ -91,7 +91,8 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
         print(json.dumps(bench_infer_moe(args.shape, args.threads, args.prompt_tokens, args.decode_tokens, args.batch), indent=2))
         return 0
     result = bench_infer(model=args.model, mhc=args.mhc, shape=args.shape, threads=args.threads, prompt_tokens=args.prompt_tokens,
-                         decode_tokens=args.decode_tokens, batch=args.batch, baseline=not args.no_baseline, progress=True)
+                         decode_tokens=args.decode_tokens, batch=args.batch, baseline=not args.no_baseline, progress=True,
+                         kv_cache=args.kv_cache)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -109,6 +110,7 @@ def register(sub, bench) -> None:
     p.add_argument("--speculative", action="store_true", help="greedy self-speculative decoding with the MTP heads")
     p.add_argument("--threads", type=positive_int("--threads"), default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-bos", action="store_true", help="do not start the prompt with <|endoftext|>")
+    kv_cache_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = bench.add_parser("infer", help="inference speed of the engine vs a plain fp32 PyTorch forward (and llama.cpp) (JSON)")
@@ -123,4 +125,5 @@ def register(sub, bench) -> None:
     p.add_argument("--moe", action="store_true", help="with --shape: an 8x2 MoE vs the dense model of the same active parameters")
     p.add_argument("--deltanet", action="store_true", help="with --shape: a Gated DeltaNet hybrid vs pure attention at --context tokens")
     p.add_argument("--context", type=positive_int("--context"), default=2048, help="with --deltanet: tokens prefilled per sequence")
+    kv_cache_arg(p)
     p.set_defaults(func=cmd_bench_infer)

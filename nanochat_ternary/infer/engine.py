@@ -24,7 +24,7 @@ from ..cpu_malloc import keep_freed_memory
 from ..errors import NanochatError
 from .gguf_model import GGUFModel, read_gguf_model
 from .kernels import backend_name, native_library
-from .kv_cache import KVPool, SeqState
+from .kv_cache import KVPool, SeqState, kv_dtype
 from .deltanet_mixer import spec_of
 from .network import Network
 from .recurrent_state import Recurrence
@@ -38,7 +38,7 @@ class EngineInputError(NanochatError, ValueError):
 
 
 class Engine:
-    def __init__(self, gm: GGUFModel, backend: str | None = None, exact_head: bool | None = None):
+    def __init__(self, gm: GGUFModel, backend: str | None = None, exact_head: bool | None = None, kv_cache: str = "f32"):
         torch.set_flush_denormal(True)
         # every step allocates and frees the same buffers (logits [B, V], the sampler's float64
         # rows): keep their pages instead of faulting them in again (sampling 8 rows of a 32K
@@ -60,19 +60,23 @@ class Engine:
         self.bits_per_weight = 8.0 * sum(p.stored_bytes for p in gm.projections.values()) / max(proj_params, 1)
         hp = gm.hp
         self.deltanet = spec_of(gm)  # Gated DeltaNet layers keep a recurrent state, not a KV cache
-        self.pool = KVPool(hp.n_layers - len(hp.dn_layers), hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.n_ctx, hp.rope_theta, self.lib)
+        self.kv_cache = kv_cache
+        self.pool = KVPool(hp.n_layers - len(hp.dn_layers), hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.n_ctx, hp.rope_theta, self.lib,
+                           kv_dtype(kv_cache))
 
     @classmethod
     def load(cls, gguf_path: str | Path, mhc_path: str | Path | None = None, num_threads: int | None = None,
-             backend: str | None = None, exact_head: bool | None = None) -> "Engine":
+             backend: str | None = None, exact_head: bool | None = None, kv_cache: str = "f32") -> "Engine":
         """Read a GGUF (+ .mhc; FormatError naming the file on a bad/truncated/mismatched file).
 
         `backend="torch"` forces the PyTorch kernels (default: native when it compiles);
         `exact_head=True` computes every logit from the F16 table, False first from its int8 copy
-        (see network.Network.tied_head); None: exact for small heads, int8 for large ones."""
+        (see network.Network.tied_head); None: exact for small heads, int8 for large ones.
+        `kv_cache`: "f32" (default) or "f16" keys and values (kv_cache.py)."""
         if num_threads:
             torch.set_num_threads(int(num_threads))
-        return cls(read_gguf_model(gguf_path, mhc_path), backend, exact_head)
+        kv_dtype(kv_cache)  # a bad name fails before the file is read
+        return cls(read_gguf_model(gguf_path, mhc_path), backend, exact_head, kv_cache)
 
     # ---- states --------------------------------------------------------------------------
     def new_state(self) -> SeqState:
@@ -210,4 +214,5 @@ class Engine:
         hp = self.hp
         return {"name": self.name, "arch": hp.arch, "layers": hp.n_layers, "dim": hp.dim, "vocab": hp.vocab_size,
                 "n_ctx": hp.n_ctx, "mhc_streams": hp.n_streams, "mtp_heads": hp.n_mtp, "bitlinear": hp.use_bitlinear,
-                "backend": self.backend, "threads": torch.get_num_threads()}
+                "backend": self.backend, "threads": torch.get_num_threads(),
+                "kv_cache": self.kv_cache}

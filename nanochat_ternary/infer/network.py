@@ -229,7 +229,7 @@ class Network:
         buf = scratch_buffer(m * self.plan_row_bytes)
         lib.nc_trunk(m, n, len(self.layers), self.plan.data_ptr(), pool.kv_ptrs.data_ptr(), self.n_q, self.n_kv, self.hd,
                      pool.capacity, slots.data_ptr(), pos.data_ptr(), pool.cos.data_ptr(), pool.sin.data_ptr(), self.eps,
-                     2 ** (self.hp.activation_bits - 1) - 1, X.data_ptr(), buf.data_ptr())
+                     2 ** (self.hp.activation_bits - 1) - 1, pool.f16, X.data_ptr(), buf.data_ptr())
         return X if n == 1 else X.mean(dim=1)
 
     def tied_head(self, h: torch.Tensor) -> torch.Tensor:

@@ -85,9 +85,9 @@ def load_library(path: Path) -> ctypes.CDLL:
     f = ctypes.c_float
     lib.nc_ternary_gemm.argtypes = [i, i, i, p, p, f, i, p, p, i, i, p, p, p, p, p]
     lib.nc_ternary_gemm.restype = None
-    lib.nc_attention.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p]
+    lib.nc_attention.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, i, p]
     lib.nc_attention.restype = None
-    lib.nc_trunk.argtypes = [i, i, i, p, p, i, i, i, i, p, p, p, p, f, i, p, p]
+    lib.nc_trunk.argtypes = [i, i, i, p, p, i, i, i, i, p, p, p, p, f, i, i, p, p]
     lib.nc_trunk.restype = None
     lib.nc_trunk_scratch_bytes.argtypes = [i, i, i, p]
     lib.nc_trunk_scratch_bytes.restype = ctypes.c_int64

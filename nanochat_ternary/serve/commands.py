@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..cli_args import positive_int
+from ..cli_args import kv_cache_arg, positive_int
 from ..errors import ConfigError
 from .server import default_threads
 
@@ -46,7 +46,7 @@ def _load_engine(args: argparse.Namespace) -> Any:
 
     torch.set_flush_denormal(True)
     _check_files(args)
-    return Engine.load(args.model, args.mhc, num_threads=args.threads or default_threads())
+    return Engine.load(args.model, args.mhc, num_threads=args.threads or default_threads(), kv_cache=args.kv_cache)
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -105,7 +105,7 @@ def _bench_server(args: argparse.Namespace, api_key: str | None, max_batch: int,
         raise ConfigError(f"bench {args.bench} needs --model (a GGUF to serve) or --url (a running server)")
     _check_files(args)
     serve_args = ["--model", str(args.model), "--max-batch", str(max_batch), "--max-queue", str(max_queue),
-                  "--model-name", "bench", "--threads", str(args.threads or default_threads()), *extra]
+                  "--model-name", "bench", "--threads", str(args.threads or default_threads()), "--kv-cache", args.kv_cache, *extra]
     if args.mhc is not None:
         serve_args += ["--mhc", str(args.mhc)]
     # the key goes by environment, not argv (which other users can read in `ps`)
@@ -153,6 +153,7 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--mhc", type=Path, default=None, help="the model's .mhc file (mHC models)")
     p.add_argument("--threads", type=positive_int("--threads"), default=None,
                    help=f"engine compute threads (default: the usable cores but one, left to the HTTP event loop: {default_threads()} here)")
+    kv_cache_arg(p)
 
 
 def register(sub: Any, bench: Any) -> None:

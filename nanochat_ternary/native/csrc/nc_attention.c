@@ -8,7 +8,8 @@
 #include "nc_common.h"
 /* ---- attention: RoPE, KV-cache write and softmax attention, one query row at a time.
    qkv [R, (H + 2 KV) * hd] rows (q heads, k heads, v heads) at positions pos[r] of cache slots
-   slot[r]; caches [slots, KV, cap, hd]. RoPE is NEOX "rotate half" (model/rope.py) with tables
+   slot[r]; caches [slots, KV, cap, hd] of float32, or of F16 with f16 (keys rounded after RoPE;
+   scores, softmax and sums in float32 either way). RoPE is NEOX "rotate half" (model/rope.py) with tables
    cos/sin [n_ctx, hd]. All rows are written first (a prefill row sees the rows before it), then
    every row attends over positions 0..pos[r] of its slot; rows and kv groups are independent (OpenMP). */
 static void rope_row(float* x, int hd, const float* c, const float* s) {
@@ -37,6 +38,23 @@ typedef float v4 __attribute__((vector_size(16)));
    helpers are static and inlined, never an ABI boundary */
 #pragma GCC diagnostic ignored "-Wpsabi"
 AI vf ldv(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
+/* the cache holds float32 or F16 (KVPool's dtype); an F16 cache's values become floats as they
+   load: vcvtph2ps (F16C) on VW of them at once (GCC 12 converts a _Float16 vector one lane at
+   a time without AVX512-FP16), one by one in the portable build */
+AI vf ldkv(const void* c, int64_t i, int f16) {
+  if (!f16) return ldv((const float*)c + i);
+  const _Float16* h = (const _Float16*)c + i;
+#if VW == 16
+  return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)h));
+#elif VW == 8
+  return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)h));
+#else
+  vf v;
+  for (int l = 0; l < VW; l++) v[l] = (float)h[l];
+  return v;
+#endif
+}
+AI float kv1(const void* c, int64_t i, int f16) { return f16 ? (float)((const _Float16*)c)[i] : ((const float*)c)[i]; }
 AI void stv(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 AI float hsumv(vf a) {  /* halves added until 4 lanes are left, then (0 + 2) + (1 + 3) */
 #if VW == 16
@@ -59,22 +77,24 @@ AI float hsumv(vf a) {  /* halves added until 4 lanes are left, then (0 + 2) + (
 }
 
 /* one kv group of one row: its G query heads q [G, hd] (RoPE applied) over keys/values 0..n-1
-   (kb, vb: [cap, hd]); every key and value is loaded once for all G heads. p: [G, n] scratch,
-   o: [G, hd] output. hd a multiple of VW (else scalar loops, same maths). */
-static void attend_group(int G, int hd, int n, float scale, const float* q, const float* kb, const float* vb, float* p, float* o) {
+   (kb, vb: [cap, hd], float32 or F16); every key and value is loaded once for all G heads. p:
+   [G, n] scratch, o: [G, hd] output. hd a multiple of VW (else scalar loops, same maths). Inlined
+   into one copy per cache type (attend_f32, attend_f16). */
+AI void attend_group(int G, int hd, int n, float scale, const float* q, const void* kb, const void* vb, float* p, float* o,
+                     const int f16) {
   int vec = hd % VW == 0;
   for (int j = 0; j < n; j++) {
-    const float* k = kb + (int64_t)j * hd;
+    int64_t k = (int64_t)j * hd;
     for (int h = 0; h < G; h++) {
       const float* qh = q + h * hd;
       float d;
       if (vec) {
-        vf acc = ldv(qh) * ldv(k);
-        for (int i = VW; i < hd; i += VW) acc += ldv(qh + i) * ldv(k + i);
+        vf acc = ldv(qh) * ldkv(kb, k, f16);
+        for (int i = VW; i < hd; i += VW) acc += ldv(qh + i) * ldkv(kb, k + i, f16);
         d = hsumv(acc);
       } else {
         d = 0.f;
-        for (int i = 0; i < hd; i++) d += qh[i] * k[i];
+        for (int i = 0; i < hd; i++) d += qh[i] * kv1(kb, k + i, f16);
       }
       p[h * n + j] = d * scale;
     }
@@ -96,12 +116,12 @@ static void attend_group(int G, int hd, int n, float scale, const float* q, cons
         int c = hd - i0 < 4 * VW ? (hd - i0) / VW : 4;
         vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int j = 0; j < n; j++) {
-          const float* v = vb + (int64_t)j * hd + i0;
+          int64_t v = (int64_t)j * hd + i0;
           vf wv = (vf){0} + ph[j];
-          a0 += wv * ldv(v);
-          if (c > 1) a1 += wv * ldv(v + VW);
-          if (c > 2) a2 += wv * ldv(v + 2 * VW);
-          if (c > 3) a3 += wv * ldv(v + 3 * VW);
+          a0 += wv * ldkv(vb, v, f16);
+          if (c > 1) a1 += wv * ldkv(vb, v + VW, f16);
+          if (c > 2) a2 += wv * ldkv(vb, v + 2 * VW, f16);
+          if (c > 3) a3 += wv * ldkv(vb, v + 3 * VW, f16);
         }
         stv(oh + i0, a0);
         if (c > 1) stv(oh + i0 + VW, a1);
@@ -111,23 +131,36 @@ static void attend_group(int G, int hd, int n, float scale, const float* q, cons
     } else {
       for (int i = 0; i < hd; i++) oh[i] = 0.f;
       for (int j = 0; j < n; j++)
-        for (int i = 0; i < hd; i++) oh[i] += ph[j] * vb[(int64_t)j * hd + i];
+        for (int i = 0; i < hd; i++) oh[i] += ph[j] * kv1(vb, (int64_t)j * hd + i, f16);
     }
   }
 }
+static void attend_f32(int G, int hd, int n, float scale, const float* q, const void* kb, const void* vb, float* p, float* o) {
+  attend_group(G, hd, n, scale, q, kb, vb, p, o, 0);
+}
+static void attend_f16(int G, int hd, int n, float scale, const float* q, const void* kb, const void* vb, float* p, float* o) {
+  attend_group(G, hd, n, scale, q, kb, vb, p, o, 1);
+}
 
 void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const int64_t* slot, const int64_t* pos,
-                  const float* cos_t, const float* sin_t, float* kc, float* vc, float* out) {
+                  const float* cos_t, const float* sin_t, void* kc, void* vc, int f16, float* out) {
   int row = (H + 2 * KV) * hd;
+  float kt[hd];  /* a key with RoPE applied, in float32 */
   for (int r = 0; r < R; r++) {
     const float* src = qkv + (int64_t)r * row;
     for (int h = 0; h < KV; h++) {
-      float* kd = kc + (((int64_t)slot[r] * KV + h) * cap + pos[r]) * hd;
-      float* vd = vc + (((int64_t)slot[r] * KV + h) * cap + pos[r]) * hd;
-      for (int i = 0; i < hd; i++) { kd[i] = src[(H + h) * hd + i]; vd[i] = src[(H + KV + h) * hd + i]; }
-      rope_row(kd, hd, cos_t + pos[r] * hd, sin_t + pos[r] * hd);
+      int64_t at = (((int64_t)slot[r] * KV + h) * cap + pos[r]) * hd;
+      for (int i = 0; i < hd; i++) kt[i] = src[(H + h) * hd + i];
+      rope_row(kt, hd, cos_t + pos[r] * hd, sin_t + pos[r] * hd);
+      const float* v = src + (H + KV + h) * hd;
+      if (f16) {  /* rounded to nearest even, as torch's float16 conversion */
+        for (int i = 0; i < hd; i++) { ((_Float16*)kc)[at + i] = (_Float16)kt[i]; ((_Float16*)vc)[at + i] = (_Float16)v[i]; }
+      } else {
+        for (int i = 0; i < hd; i++) { ((float*)kc)[at + i] = kt[i]; ((float*)vc)[at + i] = v[i]; }
+      }
     }
   }
+  int64_t es = f16 ? 2 : 4;  /* bytes per cached value */
   float scale = 1.0f / sqrtf((float)hd);
   int G = H / KV;  /* query heads per kv head (grouped-query attention) */
   int64_t work = 0;  /* multiply-adds of scores and weighted sums (an expf per score on top) */
@@ -146,8 +179,8 @@ void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const
         for (int i = 0; i < hd; i++) qh[i] = qkv[(int64_t)r * row + (g * G + h) * hd + i];
         rope_row(qh, hd, cos_t + pos[r] * hd, sin_t + pos[r] * hd);
       }
-      attend_group(G, hd, n, scale, q, kc + ((int64_t)slot[r] * KV + g) * cap * hd, vc + ((int64_t)slot[r] * KV + g) * cap * hd,
-                   p, out + (int64_t)r * H * hd + g * G * hd);
+      int64_t at = ((int64_t)slot[r] * KV + g) * cap * hd * es;
+      (f16 ? attend_f16 : attend_f32)(G, hd, n, scale, q, (const char*)kc + at, (const char*)vc + at, p, out + (int64_t)r * H * hd + g * G * hd);
     }
     free(p);
   }

@@ -162,6 +162,6 @@ AI float nc_silu(float g) {
 void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float eps, int glu, const uint8_t* w,
                      const float* sw, int G, int Q, float* out, float* xn, int8_t* xq, float* xs, int32_t* xsum);
 void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const int64_t* slot, const int64_t* pos,
-                  const float* cos_t, const float* sin_t, float* kc, float* vc, float* out);
+                  const float* cos_t, const float* sin_t, void* kc, void* vc, int f16, float* out);
 
 #endif

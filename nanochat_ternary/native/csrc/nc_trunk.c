@@ -81,12 +81,13 @@ static void mix_row(int n, int64_t D, const float* c, const float* in, float* ou
 
 /* X [M, n, D] (float32, updated in place): the rows' residual streams after every layer (n = 1:
    the residual stream). Rows sit at positions pos[r] of KV-cache slots slot[r] (as nc_attention);
-   kv [L, 2] the layers' caches of capacity cap; scratch as nc_trunk_scratch_bytes says. Q: the
-   activation quantizer's max. With n > 1 each layer is network.Network.trunk's mHC step:
-   h = H_pre X, a = attention(h), f = ffn(h + a), X = H_res X + H_post (a + f). */
+   kv [L, 2] the layers' caches of capacity cap (F16 with kv_f16, else float32); scratch as
+   nc_trunk_scratch_bytes says. Q: the activation quantizer's max. With n > 1 each layer is
+   network.Network.trunk's mHC step: h = H_pre X, a = attention(h), f = ffn(h + a),
+   X = H_res X + H_post (a + f). */
 void nc_trunk(int M, int n, int L, const int64_t* plan, const int64_t* kv, int H, int KV, int hd, int cap,
               const int64_t* slot, const int64_t* pos, const float* cos_t, const float* sin_t, float eps, int Q,
-              float* X, char* scratch) {
+              int kv_f16, float* X, char* scratch) {
   char* base = (char*)(((uintptr_t)scratch + 63) / 64 * 64);
   for (int l = 0; l < L; l++) {
     const int64_t* row = plan + (int64_t)l * NC_PLAN_FIELDS;
@@ -104,7 +105,8 @@ void nc_trunk(int M, int n, int L, const int64_t* plan, const int64_t* kv, int H
       in = h;
     }
     proj(row + NC_QKV, M, in, NC_PTR(const float*, row[NC_ATTN_NORM]), eps, 0, Q, qkv, ks);
-    nc_attention(M, H, KV, hd, cap, qkv, slot, pos, cos_t, sin_t, NC_PTR(float*, kv[2 * l]), NC_PTR(float*, kv[2 * l + 1]), att);
+    nc_attention(M, H, KV, hd, cap, qkv, slot, pos, cos_t, sin_t, NC_PTR(void*, kv[2 * l]), NC_PTR(void*, kv[2 * l + 1]), kv_f16,
+                 att);
     proj(row + NC_O, M, att, NC_PTR(const float*, row[NC_ATTN_SUB_NORM]), eps, 0, Q, o, ks);
     if (n == 1) hf = X;  /* one stream: x += a in place */
     for (int64_t i = 0; i < MD; i++) hf[i] = in[i] + o[i];
