@@ -9,8 +9,8 @@
 /* ---- attention: RoPE, KV-cache write and softmax attention, one query row at a time.
    qkv [R, (H + 2 KV) * hd] rows (q heads, k heads, v heads) at positions pos[r] of cache slots
    slot[r]; caches [slots, KV, cap, hd] of float32, or of F16 with f16 (keys rounded after RoPE;
-   scores, softmax and sums in float32 either way). RoPE is NEOX "rotate half" (model/rope.py) with tables
-   cos/sin [n_ctx, hd]. All rows are written first (a prefill row sees the rows before it), then
+   scores, softmax and sums in float32 either way). RoPE is NEOX "rotate half" (model/rope.py)
+   with tables cos/sin [n_ctx, hd]. All rows are written first (a prefill row sees the rows before it), then
    every row attends over positions 0..pos[r] of its slot; rows and kv groups are independent (OpenMP). */
 static void rope_row(float* x, int hd, const float* c, const float* s) {
   int half = hd / 2;
@@ -180,7 +180,8 @@ void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const
         rope_row(qh, hd, cos_t + pos[r] * hd, sin_t + pos[r] * hd);
       }
       int64_t at = ((int64_t)slot[r] * KV + g) * cap * hd * es;
-      (f16 ? attend_f16 : attend_f32)(G, hd, n, scale, q, (const char*)kc + at, (const char*)vc + at, p, out + (int64_t)r * H * hd + g * G * hd);
+      (f16 ? attend_f16 : attend_f32)(G, hd, n, scale, q, (const char*)kc + at, (const char*)vc + at, p,
+                                      out + (int64_t)r * H * hd + g * G * hd);
     }
     free(p);
   }
