@@ -82,8 +82,30 @@ AI float hsumv(vf a) {  /* halves added until 4 lanes are left, then (0 + 2) + (
    into one copy per cache type (attend_f32, attend_f16). */
 AI void attend_group(int G, int hd, int n, float scale, const float* q, const void* kb, const void* vb, float* p, float* o,
                      const int f16) {
-  int vec = hd % VW == 0;
-  for (int j = 0; j < n; j++) {
+  int vec = hd % VW == 0, j = 0;
+#if VW >= 8
+  /* VW keys at a time: their VW scores are added across lanes together (nc_hsum16x16_ps /
+     nc_hsum8x8_ps), not one horizontal sum per score */
+  if (vec)
+    for (; j + VW <= n; j += VW)
+      for (int h = 0; h < G; h++) {
+        const float* qh = q + h * hd;
+        vf acc[VW];
+        _Pragma("GCC unroll 16") for (int t = 0; t < VW; t++) {
+          int64_t k = (int64_t)(j + t) * hd;
+          vf a = ldv(qh) * ldkv(kb, k, f16);
+          for (int i = VW; i < hd; i += VW) a += ldv(qh + i) * ldkv(kb, k + i, f16);
+          acc[t] = a;
+        }
+#if VW == 16
+        vf d = (vf)nc_hsum16x16_ps((const __m512*)acc);
+#else
+        vf d = (vf)nc_hsum8x8_ps((const __m256*)acc);
+#endif
+        stv(p + h * n + j, d * scale);
+      }
+#endif
+  for (; j < n; j++) {
     int64_t k = (int64_t)j * hd;
     for (int h = 0; h < G; h++) {
       const float* qh = q + h * hd;

@@ -82,17 +82,80 @@ AI __m256i nc_i8_dot_add(__m256i acc, __m256i wa, __m256i w, __m256i x, __m256i 
           : "+x"(acc), "=&x"(t) : "x"(wa), "x"(w), "x"(x), "x"(ones));
   return acc;
 }
+AI float nc_hsum256_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+#if defined(NC_AVX512) || defined(NC_AVX2)
+/* Many horizontal sums at once: out[j] = the sum of the lanes of v[j], j < c. One sum alone is ~8
+   shuffles and adds on one dependency chain, as many instructions as the products of a 256-long
+   ternary dot product; adding while transposing (hadd / unpack, then 128-bit lane shuffles) sums
+   8 or 16 vectors in about 3 instructions each. Integers, so exact whatever the order. */
 AI int32_t nc_hsum256(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
   return _mm_cvtsi128_si32(s);
 }
-AI float nc_hsum256_ps(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+AI __m128i nc_hsum4x8(const __m256i* v) {  /* hadd twice: each 128-bit half holds 4 partial sums */
+  __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+AI __m256i nc_hsum8x8(const __m256i* v) {
+  __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+AI __m256 nc_hsum8x8_ps(const __m256* v) {  /* the float version of nc_hsum8x8 */
+  __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+AI void nc_hsums256(const __m256i* v, const int c, int32_t* out) {
+  int j = 0;
+  for (; j + 8 <= c; j += 8) _mm256_storeu_si256((__m256i*)(out + j), nc_hsum8x8(v + j));
+  for (; j + 4 <= c; j += 4) _mm_storeu_si128((__m128i*)(out + j), nc_hsum4x8(v + j));
+  for (; j < c; j++) out[j] = nc_hsum256(v[j]);
+}
+#endif
+#ifdef NC_AVX512
+AI __m512i nc_hsum16x16(const __m512i* v) {
+  __m512i w[8], u[4];
+  /* w[j]: per 128-bit lane, partial sums of (v[2j], v[2j+1], v[2j], v[2j+1]) */
+  for (int j = 0; j < 8; j++)
+    w[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_epi32(v[2 * j], v[2 * j + 1]));
+  /* u[j]: per 128-bit lane L, the sums over lane L of v[4j], ..., v[4j + 3] */
+  for (int j = 0; j < 4; j++)
+    u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(w[2 * j], w[2 * j + 1]), _mm512_unpackhi_epi64(w[2 * j], w[2 * j + 1]));
+  /* add lanes 0 + 1 and 2 + 3 (0x88 picks lanes 0, 2 of each input, 0xdd lanes 1, 3), then the pairs */
+  __m512i t0 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xdd));
+  __m512i t1 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2], u[3], 0x88), _mm512_shuffle_i32x4(u[2], u[3], 0xdd));
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(t0, t1, 0x88), _mm512_shuffle_i32x4(t0, t1, 0xdd));
+}
+/* the float version (attention scores): lane j = the sum of the lanes of v[j], each added as
+   (l0 + l2) + (l1 + l3) within 128-bit lanes, then (L0 + L1) + (L2 + L3) over them */
+AI __m512 nc_hsum16x16_ps(const __m512* v) {
+  __m512 w[8], u[4];
+  for (int j = 0; j < 8; j++)
+    w[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
+  for (int j = 0; j < 4; j++) {
+    __m512d a = _mm512_castps_pd(w[2 * j]), b = _mm512_castps_pd(w[2 * j + 1]);
+    u[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  __m512 t0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+  __m512 t1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(t0, t1, 0x88), _mm512_shuffle_f32x4(t0, t1, 0xdd));
+}
+AI void nc_hsums512(const __m512i* v, const int c, int32_t* out) {
+  int j = 0;
+  for (; j + 16 <= c; j += 16) _mm512_storeu_si512(out + j, nc_hsum16x16(v + j));
+  __m256i h[16];  /* fewer than 16 left: halves added, then the 256-bit trees */
+  for (int i = j; i < c; i++) h[i - j] = _mm256_add_epi32(_mm512_castsi512_si256(v[i]), _mm512_extracti64x4_epi64(v[i], 1));
+  nc_hsums256(h, c - j, out + j);
 }
 #endif
 

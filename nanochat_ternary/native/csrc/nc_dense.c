@@ -108,7 +108,7 @@ AI void i8_tile(const uint8_t* xu, const int8_t* w, int64_t K, const int NR, con
       _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++) va[r * MT + i] = nc_dpbusd(va[r * MT + i], xv[i], wv);
     }
   }
-  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm512_reduce_add_epi32(va[j]);
+  nc_hsums512(va, NR * MT, acc);
 #elif defined(NC_AVX2)
   __m256i va[16];
   _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) va[j] = _mm256_setzero_si256();
@@ -129,7 +129,7 @@ AI void i8_tile(const uint8_t* xu, const int8_t* w, int64_t K, const int NR, con
 #endif
     }
   }
-  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = nc_hsum256(va[j]);
+  nc_hsums256(va, NR * MT, acc);
 #else
   for (int r = 0; r < NR; r++)
     for (int i = 0; i < MT; i++) {
@@ -146,6 +146,22 @@ AI void i8_rows(int M, int N, int K, const uint8_t* xu, const int8_t* w, const i
     for (int m0 = 0; m0 + MT <= M; m0 += MT) {
       int32_t acc[16];
       i8_tile(xu + (int64_t)m0 * K, w + (int64_t)n * K, K, NR, MT, acc);
+#if defined(NC_VNNI)
+      if (NR == 4 && MT == 4) {  /* the same float operations as below, 16 lanes at once (see tern_tile_4x4) */
+        const __m512i by_row = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        const __m512i by_token = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+        __m512i off = _mm512_permutexvar_epi32(by_row, _mm512_castsi128_si512(
+            _mm_mullo_epi32(_mm_loadu_si128((const __m128i*)(wsum + n)), _mm_set1_epi32(128))));
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc), off)),
+                                 _mm512_permutexvar_ps(by_row, _mm512_castps128_ps512(_mm_loadu_ps(sw + n))));
+        v = _mm512_permutexvar_ps(by_token, _mm512_div_ps(v, _mm512_broadcast_f32x4(_mm_loadu_ps(xs + m0))));
+        _mm_storeu_ps(out + (int64_t)m0 * N + n, _mm512_castps512_ps128(v));
+        _mm_storeu_ps(out + (int64_t)(m0 + 1) * N + n, _mm512_extractf32x4_ps(v, 1));
+        _mm_storeu_ps(out + (int64_t)(m0 + 2) * N + n, _mm512_extractf32x4_ps(v, 2));
+        _mm_storeu_ps(out + (int64_t)(m0 + 3) * N + n, _mm512_extractf32x4_ps(v, 3));
+        continue;
+      }
+#endif
       _Pragma("GCC unroll 32") for (int r = 0; r < NR; r++)
         _Pragma("GCC unroll 32") for (int i = 0; i < MT; i++)
           out[(int64_t)(m0 + i) * N + n + r] = (float)(acc[r * MT + i] - (NC_I8_SIGNED ? 0 : 128 * wsum[n + r])) * sw[n + r] / xs[m0 + i];

@@ -86,7 +86,7 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
       }
     }
   }
-  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) out[j] = _mm512_reduce_add_epi32(acc[j]);
+  nc_hsums512(acc, NR * MT, out);
 #elif defined(NC_AVX2)
   const __m256i mask = _mm256_set1_epi8(3);
   __m256i acc[16];
@@ -124,7 +124,7 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
     _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(a16[j], ones));
   }
 #endif
-  _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) out[j] = nc_hsum256(acc[j]);
+  nc_hsums256(acc, NR * MT, out);
 #else
   for (int r = 0; r < NR; r++) for (int i = 0; i < MT; i++) {
     int32_t sum = 0;
@@ -139,6 +139,34 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
 #endif
 }
 
+#if defined(NC_VNNI)
+/* A 4 x 4 tile with its float epilogue in vectors (lane j = weight row j / 4, token j % 4): a
+   scalar epilogue (16 conversions, products, sums and divisions) took longer than the tile's 64
+   vpdpbusd at K = 256. The results are transposed to token-major order for 4 stores. */
+AI void tern_tile_4x4(int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
+                      const float* xs, const int32_t* xsum, float* out, int n, int m0, int64_t KB, int nb) {
+  const __m512i by_row = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const __m512i by_token = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  __m512 res = _mm512_setzero_ps();
+  for (int g = 0; g < G; g++) {
+    int32_t acc[16];
+    tern_tile(w + (int64_t)n * KB, KB, xq + (int64_t)m0 * K, K, g * nb, (g + 1) * nb, 4, 4, acc);
+    __m512i xsum4 = _mm512_broadcast_i32x4(_mm_set_epi32(xsum[(m0 + 3) * G + g], xsum[(m0 + 2) * G + g],
+                                                         xsum[(m0 + 1) * G + g], xsum[m0 * G + g]));
+    __m512 sw4 = _mm512_permutexvar_ps(by_row, _mm512_castps128_ps512(_mm_set_ps(
+        sw[(int64_t)(n + 3) * G + g], sw[(int64_t)(n + 2) * G + g], sw[(int64_t)(n + 1) * G + g], sw[(int64_t)n * G + g])));
+    __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc), xsum4));
+    res = _mm512_add_ps(res, _mm512_mul_ps(sw4, d));
+  }
+  res = _mm512_div_ps(res, _mm512_broadcast_f32x4(_mm_loadu_ps(xs + m0)));
+  res = _mm512_permutexvar_ps(by_token, res);  /* lane 4 i + r: token i, weight row r */
+  _mm_storeu_ps(out + (int64_t)m0 * N + n, _mm512_castps512_ps128(res));
+  _mm_storeu_ps(out + (int64_t)(m0 + 1) * N + n, _mm512_extractf32x4_ps(res, 1));
+  _mm_storeu_ps(out + (int64_t)(m0 + 2) * N + n, _mm512_extractf32x4_ps(res, 2));
+  _mm_storeu_ps(out + (int64_t)(m0 + 3) * N + n, _mm512_extractf32x4_ps(res, 3));
+}
+#endif
+
 /* rows [n0, n1) (a multiple of NR) x tokens [0, M) (a multiple of MT), NR x MT tiles */
 AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                   const float* xs, const int32_t* xsum, float* out, int n0, int n1, const int NR, const int MT) {
@@ -146,6 +174,12 @@ AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const
   int nb = K / 256 / G;
   for (int n = n0; n + NR <= n1; n += NR)
     for (int m0 = 0; m0 + MT <= M; m0 += MT) {
+#if defined(NC_VNNI)
+      if (NR == 4 && MT == 4) {  /* the main tile: the same float operations as below, 16 lanes at once */
+        tern_tile_4x4(N, K, xq, w, sw, G, xs, xsum, out, n, m0, KB, nb);
+        continue;
+      }
+#endif
       float res[16];
       int32_t acc[16];
       _Pragma("GCC unroll 32") for (int j = 0; j < NR * MT; j++) res[j] = 0.f;
@@ -170,30 +204,42 @@ AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const
 #if defined(NC_VNNI)
 /* One token, one weight row at a time: the row's bytes are read front to back (the access pattern
    hardware prefetchers follow best); four accumulators (one per 2-bit plane) keep the vpdpbusd
-   chains independent. Integer sums, so the result equals the tiled path's exactly. */
-static void tern_rows_m1(int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
-                         float xs, const int32_t* xsum, float* out, int n0, int n1) {
+   chains independent, and 16 rows' sums are added across lanes together (nc_hsum16x16). Integer
+   sums, so the result equals the tiled path's exactly. */
+AI __m512i tern_row_m1(const uint8_t* wr, const int8_t* xq, int b0, int b1) {
+  const __m512i mask = _mm512_set1_epi8(3);
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  for (int b = b0; b < b1; b++) {
+    __m512i v = _mm512_loadu_si512(wr + b * 64);
+    const int8_t* xb = xq + b * 256;
+    a0 = nc_dpbusd(a0, _mm512_and_si512(v, mask), _mm512_loadu_si512(xb));
+    a1 = nc_dpbusd(a1, _mm512_and_si512(_mm512_srli_epi16(v, 2), mask), _mm512_loadu_si512(xb + 64));
+    a2 = nc_dpbusd(a2, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask), _mm512_loadu_si512(xb + 128));
+    a3 = nc_dpbusd(a3, _mm512_and_si512(_mm512_srli_epi16(v, 6), mask), _mm512_loadu_si512(xb + 192));
+  }
+  return _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+}
+AI void tern_rows_m1_n(int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
+                       float xs, const int32_t* xsum, float* out, int n0, int n1, const int R) {
   int64_t KB = K / 4;
   int nb = K / 256 / G;
-  const __m512i mask = _mm512_set1_epi8(3);
-  for (int n = n0; n < n1; n++) {
-    const uint8_t* wr = w + (int64_t)n * KB;
-    float res = 0.f;
+  for (int n = n0; n + R <= n1; n += R) {
+    float res[16] = {0};
     for (int g = 0; g < G; g++) {
-      __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-      for (int b = g * nb; b < (g + 1) * nb; b++) {
-        __m512i v = _mm512_loadu_si512(wr + b * 64);
-        const int8_t* xb = xq + b * 256;
-        a0 = nc_dpbusd(a0, _mm512_and_si512(v, mask), _mm512_loadu_si512(xb));
-        a1 = nc_dpbusd(a1, _mm512_and_si512(_mm512_srli_epi16(v, 2), mask), _mm512_loadu_si512(xb + 64));
-        a2 = nc_dpbusd(a2, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask), _mm512_loadu_si512(xb + 128));
-        a3 = nc_dpbusd(a3, _mm512_and_si512(_mm512_srli_epi16(v, 6), mask), _mm512_loadu_si512(xb + 192));
-      }
-      int32_t acc = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
-      res += sw[(int64_t)n * G + g] * (float)(acc - xsum[g]);
+      __m512i s[16];
+      int32_t acc[16];
+      _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) s[r] = tern_row_m1(w + (int64_t)(n + r) * KB, xq, g * nb, (g + 1) * nb);
+      nc_hsums512(s, R, acc);
+      _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) res[r] += sw[(int64_t)(n + r) * G + g] * (float)(acc[r] - xsum[g]);
     }
-    out[n] = res / xs;
+    _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) out[n + r] = res[r] / xs;
   }
+}
+static void tern_rows_m1(int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
+                         float xs, const int32_t* xsum, float* out, int n0, int n1) {
+  int nf = n0 + (n1 - n0) / 16 * 16;
+  tern_rows_m1_n(K, xq, w, sw, G, xs, xsum, out, n0, nf, 16);
+  tern_rows_m1_n(K, xq, w, sw, G, xs, xsum, out, nf, n1, 1);
 }
 #endif
 
