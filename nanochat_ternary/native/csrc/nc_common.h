@@ -93,8 +93,9 @@ AI float nc_hsum256_ps(__m256 v) {
 #if defined(NC_AVX512) || defined(NC_AVX2)
 /* Many horizontal sums at once: out[j] = the sum of the lanes of v[j], j < c. One sum alone is ~8
    shuffles and adds on one dependency chain, as many instructions as the products of a 256-long
-   ternary dot product; adding while transposing (hadd / unpack, then 128-bit lane shuffles) sums
-   8 or 16 vectors in about 3 instructions each. Integers, so exact whatever the order. */
+   ternary dot product; adding while transposing (unpack, then 128-bit lane shuffles) sums 8 or
+   16 vectors in about 3 instructions each (vphaddd was no faster on AVX2, measured on Zen 4).
+   Integers, so exact whatever the order. */
 AI int32_t nc_hsum256(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
@@ -106,14 +107,22 @@ AI __m128i nc_hsum4x8(const __m256i* v) {  /* hadd twice: each 128-bit half hold
   return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 AI __m256i nc_hsum8x8(const __m256i* v) {
-  __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-  __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+  __m256i w[4], u[2];
+  for (int j = 0; j < 4; j++)
+    w[j] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * j], v[2 * j + 1]), _mm256_unpackhi_epi32(v[2 * j], v[2 * j + 1]));
+  for (int j = 0; j < 2; j++)
+    u[j] = _mm256_add_epi32(_mm256_unpacklo_epi64(w[2 * j], w[2 * j + 1]), _mm256_unpackhi_epi64(w[2 * j], w[2 * j + 1]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20), _mm256_permute2x128_si256(u[0], u[1], 0x31));
 }
 AI __m256 nc_hsum8x8_ps(const __m256* v) {  /* the float version of nc_hsum8x8 */
-  __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-  __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+  __m256 w[4], u[2];
+  for (int j = 0; j < 4; j++)
+    w[j] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm256_unpackhi_ps(v[2 * j], v[2 * j + 1]));
+  for (int j = 0; j < 2; j++) {
+    __m256d a = _mm256_castps_pd(w[2 * j]), b = _mm256_castps_pd(w[2 * j + 1]);
+    u[j] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+  }
+  return _mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20), _mm256_permute2f128_ps(u[0], u[1], 0x31));
 }
 AI void nc_hsums256(const __m256i* v, const int c, int32_t* out) {
   int j = 0;
