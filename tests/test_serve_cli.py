@@ -25,11 +25,12 @@ def gguf(tmp_path_factory):
     return ["--model", str(path), "--mhc", str(mhc)]  # an mHC model, to cover --mhc too
 
 
-def test_serve_subprocess_with_env_api_key(gguf):
+@pytest.mark.parametrize("mode", ["--engine-process", "--no-engine-process"])
+def test_serve_subprocess_with_env_api_key(gguf, mode):
     port = free_port()
     env = {**os.environ, "NANOCHAT_API_KEY": "env-key"}
     proc = subprocess.Popen([sys.executable, "-m", "nanochat_ternary.cli", "serve", *gguf, "--port", str(port),
-                             "--max-batch", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--max-batch", "2", mode], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -48,11 +49,17 @@ def test_serve_subprocess_with_env_api_key(gguf):
         r = httpx.post(url + "/v1/completions", headers={"Authorization": "Bearer env-key"}, timeout=30,
                        json={"model": name, "prompt": "fn main", "max_tokens": 5, "ignore_eos": True})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        children_file = f"/proc/{proc.pid}/task/{proc.pid}/children"  # Linux
+        children = [int(c) for c in open(children_file).read().split()] if os.path.exists(children_file) else None
+        if children is not None:
+            assert bool(children) == (mode == "--engine-process")  # the engine runs in a child process, or not
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert f"http://127.0.0.1:{port}" in out
+    for child in children or []:  # Ctrl-C stopped the engine's process too
+        assert not os.path.exists(f"/proc/{child}"), child
 
 
 def test_bench_serve_prints_json(gguf, capsys):

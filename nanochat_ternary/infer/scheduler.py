@@ -183,15 +183,17 @@ class Scheduler:
             h.finished = True
             _deliver_batch(h.loop, [(h, Event(h.index, "", 0, "error", "the server is shutting down"))])
 
-    def submit(self, request: GenerationRequest, queue: asyncio.Queue | None = None, index: int = 0) -> RequestHandle:
-        """Queue a request; call from a running event loop. Raises QueueFull when the wait queue
-        (`max_queue` beyond the free slots) is full, ValueError on an impossible request."""
+    def submit(self, request: GenerationRequest, queue: asyncio.Queue | None = None, index: int = 0, loop: Any = None) -> RequestHandle:
+        """Queue a request; call from a running event loop, or give `loop`: any object whose
+        `call_soon_threadsafe(fn, batch)` hands a step's events over (engine_process.py's pipe).
+        Raises QueueFull when the wait queue (`max_queue` beyond the free slots) is full,
+        ValueError on an impossible request."""
         if not request.prompt:
             raise ValueError("the prompt must hold at least one token")
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
         sampler = Sampler(request.params)  # validates the parameters before queueing
-        loop = asyncio.get_running_loop()
+        loop = loop if loop is not None else asyncio.get_running_loop()
         handle = RequestHandle(request, sampler, queue if queue is not None else asyncio.Queue(), loop, index, self)
         with self._cond:
             if self._stopping:

@@ -90,14 +90,18 @@ def _auth(api_key: str | None):
 
 
 def create_app(engine: Any, *, api_key: str | None = None, max_batch: int = 8, max_queue: int = 64,
-               max_body_bytes: int = 1_000_000, model_name: str | None = None, speculative: bool = False) -> FastAPI:
+               max_body_bytes: int = 1_000_000, model_name: str | None = None, speculative: bool = False,
+               scheduler: Any = None) -> FastAPI:
     """The FastAPI app serving `engine`; the scheduler thread runs while the app is up.
-    `speculative`: requests that do not set "speculative" draft with the MTP heads."""
+    `speculative`: requests that do not set "speculative" draft with the MTP heads.
+    `scheduler`: an engine_process.EngineProcess (then `engine` is its EngineInfo) instead of a
+    Scheduler thread on `engine`; it starts and stops with the app."""
     name = model_name or engine.name
     tok = engine.tokenizer
     template = ChatTemplate(engine.chat_template, tok.decode_bytes([tok.bos_id]).decode(), tok.decode_bytes([tok.eos_id]).decode(),
                             origin=f"model {name!r}")
-    scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, speculative=speculative)
+    if scheduler is None:
+        scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, speculative=speculative)
     metrics = Metrics()
     index_html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
     started = int(time.time())

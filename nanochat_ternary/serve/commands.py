@@ -63,9 +63,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_queue < 0:
         raise ConfigError(f"--max-queue must be >= 0, got {args.max_queue}")
     api_key = _api_key(args)
-    engine = _load_engine(args)
+    scheduler = None
+    if args.engine_process:
+        from .engine_process import EngineProcess
+
+        _check_files(args)
+        scheduler = EngineProcess(dict(gguf_path=args.model, mhc_path=args.mhc, num_threads=args.threads or default_threads(),
+                                       kv_cache=args.kv_cache), max_batch=args.max_batch, max_queue=args.max_queue,
+                                  speculative=args.speculative)
+        engine = scheduler.info
+    else:
+        engine = _load_engine(args)
     app = create_app(engine, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
-                     max_body_bytes=args.max_body_bytes, model_name=args.model_name, speculative=args.speculative)
+                     max_body_bytes=args.max_body_bytes, model_name=args.model_name, speculative=args.speculative,
+                     scheduler=scheduler)
     if args.speculative and not app.state.scheduler.can_speculate:
         print(f"warning: --speculative ignored: {engine.name} has no MTP heads or has Gated DeltaNet layers; decoding plainly")
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
@@ -169,6 +180,10 @@ def register(sub: Any, bench: Any) -> None:
     p.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=False,
                    help="draft with the model's MTP heads for requests that do not set \"speculative\" (default off: "
                         "on a 2-core CPU the e2e model serves fewer tokens/s with it, see README)")
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=os.name == "posix",
+                   help="run the engine and its scheduler in a child process (the default on POSIX systems), so that the "
+                        "HTTP side and the engine do not share one interpreter lock; --no-engine-process: a thread of "
+                        "this process")
     p.set_defaults(func=cmd_serve)
 
     b = bench.add_parser("serve", help="throughput/latency of the HTTP server at several concurrency levels")
