@@ -125,8 +125,10 @@ def test_a_child_that_dies_ends_the_requests_in_flight(files):
             rest = list(events)
         assert rest[-1]["error"]["message"].startswith("generation failed: the engine process exited")
         r = httpx.post(srv.url + "/v1/chat/completions", json=body(name, max_tokens=4), timeout=60)
-        assert r.status_code == 429 and "engine process exited" in r.json()["error"]["message"]
-        assert httpx.get(srv.url + "/health").json()["in_flight"] == 0
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+        assert "engine process exited (code -9)" in r.json()["error"]["message"]
+        health = httpx.get(srv.url + "/health")
+        assert health.status_code == 503 and health.json()["status"] == "error" and health.json()["in_flight"] == 0
 
 
 def test_stop_ends_the_requests_in_flight_and_the_child(files):
@@ -153,3 +155,42 @@ def test_stop_ends_the_requests_in_flight_and_the_child(files):
     assert ep._proc.poll() is not None and ep.in_flight == 0
     with pytest.raises(QueueFull, match="shutting down"):
         ep.submit(GenerationRequest([5], 4))
+
+
+def test_a_failed_scheduler_thread_is_a_503_and_reaches_the_parent(files, monkeypatch):
+    """A bug in the scheduler loop (not one request's error) ends every request with an error,
+    and further ones are 503s: in a thread (the app's /health says so), and in the child, whose
+    command loop (_Pipe.serve, run here in-process over a real socket pair) reports it."""
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    from nanochat_ternary.infer.sampling import SamplingParams
+    from nanochat_ternary.infer.scheduler import GenerationRequest, Scheduler
+    from nanochat_ternary.serve.engine_process import _Pipe
+
+    engine = Engine.load(files["gguf_path"], files["mhc_path"])
+
+    def boom(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Scheduler, "_decode_step", boom)
+    app = create_app(engine, max_batch=2)
+    with ServerThread(app) as srv:
+        r = httpx.post(srv.url + "/v1/chat/completions", json=body(engine.name, max_tokens=8), timeout=60)
+        assert r.status_code == 500 and "the scheduler failed (RuntimeError: boom)" in r.json()["error"]["message"]
+        r = httpx.post(srv.url + "/v1/chat/completions", json=body(engine.name, max_tokens=8), timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+        assert httpx.get(srv.url + "/health").status_code == 503
+
+    ours, theirs = socket.socketpair()
+    parent, child = Connection(ours.detach()), Connection(theirs.detach())
+    pipe = _Pipe(child, Scheduler(engine, max_batch=2))
+    thread = threading.Thread(target=pipe.serve, daemon=True)
+    thread.start()
+    parent.send(("submit", 7, GenerationRequest([5, 6], 8, SamplingParams()), 0))
+    kind, batch, _ = parent.recv()
+    assert kind == "events" and batch[0][0] == 7 and batch[0][1].finish_reason == "error"
+    assert parent.poll(10) and parent.recv() == ("failed", "the scheduler failed (RuntimeError: boom)")
+    thread.join(10)
+    assert not thread.is_alive()

@@ -45,6 +45,10 @@ class QueueFull(NanochatError):
     """The wait queue is full; the client should retry later (HTTP 429)."""
 
 
+class EngineUnavailable(NanochatError):
+    """The engine cannot take requests any more (its process has exited): HTTP 503."""
+
+
 @dataclass
 class GenerationRequest:
     prompt: list[int]  # token ids, at least one
@@ -145,6 +149,7 @@ class Scheduler:
         self.can_speculate = spec.supported(engine)
         self.speculative = speculative
         self.spec = spec.SpecCounters()
+        self.failure: str | None = None  # why the engine cannot serve (engine_process.py sets it); None while it can
 
     # ---- public API ------------------------------------------------------------------------
     @property
@@ -193,6 +198,8 @@ class Scheduler:
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
         sampler = Sampler(request.params)  # validates the parameters before queueing
+        if self.failure:
+            raise EngineUnavailable(self.failure)
         loop = loop if loop is not None else asyncio.get_running_loop()
         handle = RequestHandle(request, sampler, queue if queue is not None else asyncio.Queue(), loop, index, self)
         with self._cond:
@@ -219,6 +226,26 @@ class Scheduler:
             self._cond.notify_all()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # a bug, not one request's failure (those end that request only)
+            log.exception("the scheduler thread failed")
+            self._fail_all(f"the scheduler failed ({type(e).__name__}: {e})")
+
+    def _fail_all(self, why: str) -> None:
+        """Refuse new requests (EngineUnavailable) and end every queued or running one with an error."""
+        with self._cond:
+            self.failure = why
+            leftovers = list(self._waiting) + [s.handle for s in self._active if not s.handle.finished]
+            self._waiting.clear()
+            self._active.clear()
+            self._n_active = 0
+        self._outbox = {}
+        for h in leftovers:
+            h.finished = True
+            _deliver_batch(h.loop, [(h, Event(h.index, "", 0, "error", why))])
+
+    def _loop(self) -> None:
         torch.set_flush_denormal(True)
         while True:
             with self._cond:

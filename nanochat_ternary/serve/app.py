@@ -125,9 +125,12 @@ def create_app(engine: Any, *, api_key: str | None = None, max_batch: int = 8, m
         return HTMLResponse(index_html)
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": name, "in_flight": scheduler.in_flight,
+    async def health() -> Any:
+        body = {"status": "ok", "model": name, "in_flight": scheduler.in_flight,
                 "speculative": {"available": scheduler.can_speculate, "default": scheduler.speculative and scheduler.can_speculate}}
+        if scheduler.failure:  # the engine process has exited: not healthy, whatever else answers
+            return JSONResponse({**body, "status": "error", "error": scheduler.failure}, status_code=503)
+        return body
 
     @app.get("/metrics", dependencies=auth)
     async def prometheus() -> PlainTextResponse:

@@ -20,7 +20,8 @@ between two processes of this program, never data from outside.
   parent -> child: ("start", engine_kwargs, max_batch, speculative) once, then
                    ("submit", rid, GenerationRequest, index), ("cancel", rid), ("stop",)
   child -> parent: ("ready", EngineInfo) or ("failed", message) once, then
-                   ("events", [(rid, Event)], (batch size, decode steps)) per decode step
+                   ("events", [(rid, Event)], (batch size, decode steps)) per decode step, and
+                   ("failed", message) if the scheduler thread fails
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from multiprocessing.connection import Connection
 
 from ..errors import NanochatError
 from ..infer.sampling import Sampler
-from ..infer.scheduler import Event, GenerationRequest, QueueFull, Scheduler
+from ..infer.scheduler import EngineUnavailable, Event, GenerationRequest, QueueFull, Scheduler
 
 _CHILD_QUEUE = 1 << 30  # the parent enforces --max-queue; the child takes whatever it is sent
 
@@ -101,6 +102,11 @@ class _Pipe:
         try:
             while True:
                 try:
+                    if not self.conn.poll(0.5):
+                        if self.scheduler.failure:  # its requests have had their error events
+                            self.conn.send(("failed", self.scheduler.failure))
+                            return
+                        continue
                     msg = self.conn.recv()
                 except (EOFError, OSError):
                     return
@@ -162,7 +168,8 @@ class _Handle:
 class EngineProcess:
     """Starts the child (Engine.load(**engine_kwargs) + Scheduler) and waits until it is ready or
     has failed (NanochatError with its message). `start()` and `stop()` run on the server's event
-    loop (the app's lifespan); `submit` raises QueueFull as Scheduler.submit does."""
+    loop (the app's lifespan); `submit` raises QueueFull as Scheduler.submit does, and
+    EngineUnavailable once the child has exited (`failure` says why)."""
 
     def __init__(self, engine_kwargs: dict, max_batch: int = 8, max_queue: int = 64, speculative: bool = False,
                  timeout: float = 600.0):
@@ -180,6 +187,7 @@ class EngineProcess:
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed: str | None = None  # why submit refuses: stopping, or the child exited
+        self.failure: str | None = None  # the child exited on its own
         self.last_batch_size = self.decode_steps_total = 0  # as of the child's last message
         self.cancelled_total = 0
 
@@ -233,6 +241,8 @@ class EngineProcess:
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
         Sampler(request.params)  # validates the parameters here, where the error can still be a 400
+        if self.failure:
+            raise EngineUnavailable(self.failure)
         if self._closed:
             raise QueueFull(self._closed)
         if len(self._handles) >= self.max_batch + self.max_queue:
@@ -242,8 +252,8 @@ class EngineProcess:
         try:
             self._conn.send(("submit", handle.rid, request, index))
         except OSError:  # the child died; its end of the pipe is not read yet
-            self._close(f"the engine process {self._exit()}")
-            raise QueueFull(self._closed) from None
+            self._lost()
+            raise EngineUnavailable(self.failure) from None
         self._handles[handle.rid] = handle
         return handle
 
@@ -261,14 +271,15 @@ class EngineProcess:
 
     def _on_message(self) -> None:
         try:
-            _, batch, stats = self._conn.recv()
+            kind, *msg = self._conn.recv()
         except (EOFError, OSError):
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-            self._close(f"the engine process {self._exit()}")
+            self._lost()
             return
+        if kind == "failed":  # the child's scheduler thread failed (it has ended its requests)
+            self.failure = msg[0]
+            self._close(self.failure)
+            return
+        batch, stats = msg
         self.last_batch_size, self.decode_steps_total = stats
         handles = self._handles
         for rid, event in batch:
@@ -279,6 +290,16 @@ class EngineProcess:
                 del handles[rid]
                 handle.finished = True
             handle.queue.put_nowait(event)
+
+    def _lost(self) -> None:
+        """The child exited (or closed its end) without being asked to."""
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        if not self._closed:
+            self.failure = f"the engine process {self._exit()}"
+            self._close(self.failure)
 
     def _close(self, why: str) -> None:
         """No more requests; those in flight end with an error event."""

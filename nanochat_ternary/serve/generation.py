@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import Request
 
 from ..infer.sampling import SamplingParams
-from ..infer.scheduler import Event, GenerationRequest, QueueFull, RequestHandle, Scheduler
+from ..infer.scheduler import EngineUnavailable, Event, GenerationRequest, QueueFull, RequestHandle, Scheduler
 from .errors import APIError, error_body
 from .metrics import Metrics
 
@@ -58,7 +58,8 @@ class Generation:
         self._closed = False
 
     def submit(self) -> None:
-        """Queue every choice; on QueueFull cancel those already queued and answer 429."""
+        """Queue every choice; on QueueFull cancel those already queued and answer 429 (503 when
+        the engine has stopped for good)."""
         job = self.job
         total, room = len(job.prompts) * job.n, self.scheduler.max_batch + self.scheduler.max_queue
         if total > room:  # could never be admitted: a 429 would send a retrying client round forever
@@ -75,6 +76,9 @@ class Generation:
             except QueueFull as e:
                 self.close()
                 raise APIError(429, f"The server is busy ({e}); retry shortly.", "queue_full", headers={"Retry-After": "1"}) from e
+            except EngineUnavailable as e:
+                self.close()
+                raise APIError(503, f"The engine is not running ({e}); the server needs a restart.", "engine_unavailable") from e
         self._watcher = asyncio.ensure_future(self._watch_disconnect())
 
     async def _watch_disconnect(self) -> None:
