@@ -169,7 +169,7 @@ class EngineProcess:
     """Starts the child (Engine.load(**engine_kwargs) + Scheduler) and waits until it is ready or
     has failed (NanochatError with its message). `start()` and `stop()` run on the server's event
     loop (the app's lifespan); `submit` raises QueueFull as Scheduler.submit does, and
-    EngineUnavailable once the child has exited (`failure` says why)."""
+    EngineUnavailable once the engine has stopped for good (`failure` says why)."""
 
     def __init__(self, engine_kwargs: dict, max_batch: int = 8, max_queue: int = 64, speculative: bool = False,
                  timeout: float = 600.0):
@@ -187,7 +187,7 @@ class EngineProcess:
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed: str | None = None  # why submit refuses: stopping, or the child exited
-        self.failure: str | None = None  # the child exited on its own
+        self.failure: str | None = None  # why the engine stopped for good (the child exited, or its scheduler failed)
         self.last_batch_size = self.decode_steps_total = 0  # as of the child's last message
         self.cancelled_total = 0
 

@@ -106,24 +106,21 @@ AI __m128i nc_hsum4x8(const __m256i* v) {  /* hadd twice: each 128-bit half hold
   __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
   return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
-AI __m256i nc_hsum8x8(const __m256i* v) {
+/* lanes added as int32 (fp = 0) or float (fp = 1) on integer-typed vectors: the trees below
+   shuffle the same way for both, so one tree serves the ternary sums and the attention scores */
+AI __m256i nc_add8(__m256i a, __m256i b, const int fp) {
+  return fp ? _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b))) : _mm256_add_epi32(a, b);
+}
+AI __m256i nc_tree8(const __m256i* v, const int fp) {
   __m256i w[4], u[2];
   for (int j = 0; j < 4; j++)
-    w[j] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * j], v[2 * j + 1]), _mm256_unpackhi_epi32(v[2 * j], v[2 * j + 1]));
+    w[j] = nc_add8(_mm256_unpacklo_epi32(v[2 * j], v[2 * j + 1]), _mm256_unpackhi_epi32(v[2 * j], v[2 * j + 1]), fp);
   for (int j = 0; j < 2; j++)
-    u[j] = _mm256_add_epi32(_mm256_unpacklo_epi64(w[2 * j], w[2 * j + 1]), _mm256_unpackhi_epi64(w[2 * j], w[2 * j + 1]));
-  return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20), _mm256_permute2x128_si256(u[0], u[1], 0x31));
+    u[j] = nc_add8(_mm256_unpacklo_epi64(w[2 * j], w[2 * j + 1]), _mm256_unpackhi_epi64(w[2 * j], w[2 * j + 1]), fp);
+  return nc_add8(_mm256_permute2x128_si256(u[0], u[1], 0x20), _mm256_permute2x128_si256(u[0], u[1], 0x31), fp);
 }
-AI __m256 nc_hsum8x8_ps(const __m256* v) {  /* the float version of nc_hsum8x8 */
-  __m256 w[4], u[2];
-  for (int j = 0; j < 4; j++)
-    w[j] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm256_unpackhi_ps(v[2 * j], v[2 * j + 1]));
-  for (int j = 0; j < 2; j++) {
-    __m256d a = _mm256_castps_pd(w[2 * j]), b = _mm256_castps_pd(w[2 * j + 1]);
-    u[j] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
-  }
-  return _mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20), _mm256_permute2f128_ps(u[0], u[1], 0x31));
-}
+AI __m256i nc_hsum8x8(const __m256i* v) { return nc_tree8(v, 0); }
+AI __m256 nc_hsum8x8_ps(const __m256* v) { return _mm256_castsi256_ps(nc_tree8((const __m256i*)v, 1)); }
 AI void nc_hsums256(const __m256i* v, const int c, int32_t* out) {
   int j = 0;
   for (; j + 8 <= c; j += 8) _mm256_storeu_si256((__m256i*)(out + j), nc_hsum8x8(v + j));
@@ -132,33 +129,25 @@ AI void nc_hsums256(const __m256i* v, const int c, int32_t* out) {
 }
 #endif
 #ifdef NC_AVX512
-AI __m512i nc_hsum16x16(const __m512i* v) {
+AI __m512i nc_add16(__m512i a, __m512i b, const int fp) {  /* as nc_add8 */
+  return fp ? _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b))) : _mm512_add_epi32(a, b);
+}
+/* for floats each sum is (l0 + l2) + (l1 + l3) within 128-bit lanes, then (L0 + L1) + (L2 + L3) */
+AI __m512i nc_tree16(const __m512i* v, const int fp) {
   __m512i w[8], u[4];
   /* w[j]: per 128-bit lane, partial sums of (v[2j], v[2j+1], v[2j], v[2j+1]) */
   for (int j = 0; j < 8; j++)
-    w[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_epi32(v[2 * j], v[2 * j + 1]));
+    w[j] = nc_add16(_mm512_unpacklo_epi32(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_epi32(v[2 * j], v[2 * j + 1]), fp);
   /* u[j]: per 128-bit lane L, the sums over lane L of v[4j], ..., v[4j + 3] */
   for (int j = 0; j < 4; j++)
-    u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(w[2 * j], w[2 * j + 1]), _mm512_unpackhi_epi64(w[2 * j], w[2 * j + 1]));
+    u[j] = nc_add16(_mm512_unpacklo_epi64(w[2 * j], w[2 * j + 1]), _mm512_unpackhi_epi64(w[2 * j], w[2 * j + 1]), fp);
   /* add lanes 0 + 1 and 2 + 3 (0x88 picks lanes 0, 2 of each input, 0xdd lanes 1, 3), then the pairs */
-  __m512i t0 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xdd));
-  __m512i t1 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2], u[3], 0x88), _mm512_shuffle_i32x4(u[2], u[3], 0xdd));
-  return _mm512_add_epi32(_mm512_shuffle_i32x4(t0, t1, 0x88), _mm512_shuffle_i32x4(t0, t1, 0xdd));
+  __m512i t0 = nc_add16(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xdd), fp);
+  __m512i t1 = nc_add16(_mm512_shuffle_i32x4(u[2], u[3], 0x88), _mm512_shuffle_i32x4(u[2], u[3], 0xdd), fp);
+  return nc_add16(_mm512_shuffle_i32x4(t0, t1, 0x88), _mm512_shuffle_i32x4(t0, t1, 0xdd), fp);
 }
-/* the float version (attention scores): lane j = the sum of the lanes of v[j], each added as
-   (l0 + l2) + (l1 + l3) within 128-bit lanes, then (L0 + L1) + (L2 + L3) over them */
-AI __m512 nc_hsum16x16_ps(const __m512* v) {
-  __m512 w[8], u[4];
-  for (int j = 0; j < 8; j++)
-    w[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
-  for (int j = 0; j < 4; j++) {
-    __m512d a = _mm512_castps_pd(w[2 * j]), b = _mm512_castps_pd(w[2 * j + 1]);
-    u[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  __m512 t0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
-  __m512 t1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(t0, t1, 0x88), _mm512_shuffle_f32x4(t0, t1, 0xdd));
-}
+AI __m512i nc_hsum16x16(const __m512i* v) { return nc_tree16(v, 0); }
+AI __m512 nc_hsum16x16_ps(const __m512* v) { return _mm512_castsi512_ps(nc_tree16((const __m512i*)v, 1)); }
 AI void nc_hsums512(const __m512i* v, const int c, int32_t* out) {
   int j = 0;
   for (; j + 16 <= c; j += 16) _mm512_storeu_si512(out + j, nc_hsum16x16(v + j));
