@@ -66,6 +66,7 @@ def test_bench_serve_prints_json(gguf, capsys):
     rc = main(["bench", "serve", *gguf, "--clients", "2,1", "--max-tokens", "6", "--requests-per-client", "2", "--rounds", "2"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["engine_process"] is True  # the default
     # --speculative both (the default): each client count plain and speculative
     assert sorted((lv["speculative"], lv["clients"]) for lv in report["levels"]) == [(False, 1), (False, 2), (True, 1), (True, 2)]
     for lv in report["levels"]:

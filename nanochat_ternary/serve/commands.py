@@ -103,6 +103,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         with _bench_server(args, api_key, max_batch=max(clients), max_queue=max(clients)) as srv:
             report = bench_serve(srv.url, "bench", clients, **kwargs)
         report["server_threads"] = args.threads or default_threads()
+        report["engine_process"] = args.engine_process
     print(json.dumps(report, indent=2))
     return 0
 
@@ -116,7 +117,8 @@ def _bench_server(args: argparse.Namespace, api_key: str | None, max_batch: int,
         raise ConfigError(f"bench {args.bench} needs --model (a GGUF to serve) or --url (a running server)")
     _check_files(args)
     serve_args = ["--model", str(args.model), "--max-batch", str(max_batch), "--max-queue", str(max_queue),
-                  "--model-name", "bench", "--threads", str(args.threads or default_threads()), "--kv-cache", args.kv_cache, *extra]
+                  "--model-name", "bench", "--threads", str(args.threads or default_threads()), "--kv-cache", args.kv_cache,
+                  "--engine-process" if args.engine_process else "--no-engine-process", *extra]
     if args.mhc is not None:
         serve_args += ["--mhc", str(args.mhc)]
     # the key goes by environment, not argv (which other users can read in `ps`)
@@ -151,7 +153,7 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
         with _bench_server(args, api_key, max_batch=max_batch, max_queue=capacity - max_batch, extra=extra) as srv:
             report = load_test(srv.url, "bench", pid=srv.proc.pid, capacity=capacity, **kwargs)
         report["server"] = {"max_batch": max_batch, "max_queue": capacity - max_batch, "max_body_bytes": args.max_body_bytes,
-                            "threads": args.threads or default_threads()}
+                            "threads": args.threads or default_threads(), "engine_process": args.engine_process}
     text = json.dumps(report, indent=2)
     Path(args.output).write_text(text + "\n")
     print(report_table(report))
@@ -165,6 +167,10 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--threads", type=positive_int("--threads"), default=None,
                    help=f"engine compute threads (default: the usable cores but one, left to the HTTP event loop: {default_threads()} here)")
     kv_cache_arg(p)
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=os.name == "posix",
+                   help="the server runs the engine and its scheduler in a child process (the default on POSIX systems), "
+                        "so that the HTTP side and the engine do not share one interpreter lock; --no-engine-process: in a "
+                        "thread of the server's process")
 
 
 def register(sub: Any, bench: Any) -> None:
@@ -180,10 +186,6 @@ def register(sub: Any, bench: Any) -> None:
     p.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=False,
                    help="draft with the model's MTP heads for requests that do not set \"speculative\" (default off: "
                         "on a 2-core CPU the e2e model serves fewer tokens/s with it, see README)")
-    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=os.name == "posix",
-                   help="run the engine and its scheduler in a child process (the default on POSIX systems), so that the "
-                        "HTTP side and the engine do not share one interpreter lock; --no-engine-process: a thread of "
-                        "this process")
     p.set_defaults(func=cmd_serve)
 
     b = bench.add_parser("serve", help="throughput/latency of the HTTP server at several concurrency levels")

@@ -172,16 +172,20 @@ def _judge(req: Planned, out: Outcome, body: bytes) -> str | None:
 
 
 def server_rss_mb(pid: int | None) -> float | None:
-    """Resident memory of process `pid` (Linux /proc), None where unknown."""
+    """Resident memory of process `pid` and its child processes (the engine's, serve/engine_process.py)
+    (Linux /proc), None where unknown."""
     if pid is None:
         return None
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
+        total = 0
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        for p in [pid, *(int(c) for c in (children.read_text().split() if children.exists() else []))]:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return round(total / 1024, 1)
     except OSError:
-        pass
-    return None
+        return None
 
 
 def _health(url: str, timeout: float = 5.0) -> dict:
