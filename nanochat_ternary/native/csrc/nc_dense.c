@@ -146,19 +146,15 @@ AI void i8_rows(int M, int N, int K, const uint8_t* xu, const int8_t* w, const i
     for (int m0 = 0; m0 + MT <= M; m0 += MT) {
       int32_t acc[16];
       i8_tile(xu + (int64_t)m0 * K, w + (int64_t)n * K, K, NR, MT, acc);
-#if defined(NC_VNNI)
-      if (NR == 4 && MT == 4) {  /* the same float operations as below, 16 lanes at once (see tern_tile_4x4) */
-        const __m512i by_row = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-        const __m512i by_token = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-        __m512i off = _mm512_permutexvar_epi32(by_row, _mm512_castsi128_si512(
-            _mm_mullo_epi32(_mm_loadu_si128((const __m128i*)(wsum + n)), _mm_set1_epi32(128))));
-        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc), off)),
-                                 _mm512_permutexvar_ps(by_row, _mm512_castps128_ps512(_mm_loadu_ps(sw + n))));
-        v = _mm512_permutexvar_ps(by_token, _mm512_div_ps(v, _mm512_broadcast_f32x4(_mm_loadu_ps(xs + m0))));
-        _mm_storeu_ps(out + (int64_t)m0 * N + n, _mm512_castps512_ps128(v));
-        _mm_storeu_ps(out + (int64_t)(m0 + 1) * N + n, _mm512_extractf32x4_ps(v, 1));
-        _mm_storeu_ps(out + (int64_t)(m0 + 2) * N + n, _mm512_extractf32x4_ps(v, 2));
-        _mm_storeu_ps(out + (int64_t)(m0 + 3) * N + n, _mm512_extractf32x4_ps(v, 3));
+#if defined(NC_AVX512) || defined(NC_AVX2)
+      if (MT == 4) {  /* 4 tokens at a time per weight row, the same operations as below */
+        __m128 xs4 = _mm_loadu_ps(xs + m0);
+        _Pragma("GCC unroll 16") for (int r = 0; r < NR; r++) {
+          __m128i a = _mm_sub_epi32(_mm_loadu_si128((const __m128i*)(acc + 4 * r)), _mm_set1_epi32(NC_I8_SIGNED ? 0 : 128 * wsum[n + r]));
+          float o[4];
+          _mm_storeu_ps(o, _mm_div_ps(_mm_mul_ps(_mm_cvtepi32_ps(a), _mm_set1_ps(sw[n + r])), xs4));
+          _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) out[(int64_t)(m0 + i) * N + n + r] = o[i];
+        }
         continue;
       }
 #endif

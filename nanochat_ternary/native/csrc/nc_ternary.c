@@ -139,34 +139,6 @@ AI void tern_tile(const uint8_t* w, int64_t KB, const int8_t* xq, int64_t K, int
 #endif
 }
 
-#if defined(NC_VNNI)
-/* A 4 x 4 tile with its float epilogue in vectors (lane j = weight row j / 4, token j % 4): a
-   scalar epilogue (16 conversions, products, sums and divisions) took longer than the tile's 64
-   vpdpbusd at K = 256. The results are transposed to token-major order for 4 stores. */
-AI void tern_tile_4x4(int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
-                      const float* xs, const int32_t* xsum, float* out, int n, int m0, int64_t KB, int nb) {
-  const __m512i by_row = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  const __m512i by_token = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-  __m512 res = _mm512_setzero_ps();
-  for (int g = 0; g < G; g++) {
-    int32_t acc[16];
-    tern_tile(w + (int64_t)n * KB, KB, xq + (int64_t)m0 * K, K, g * nb, (g + 1) * nb, 4, 4, acc);
-    __m512i xsum4 = _mm512_broadcast_i32x4(_mm_set_epi32(xsum[(m0 + 3) * G + g], xsum[(m0 + 2) * G + g],
-                                                         xsum[(m0 + 1) * G + g], xsum[m0 * G + g]));
-    __m512 sw4 = _mm512_permutexvar_ps(by_row, _mm512_castps128_ps512(_mm_set_ps(
-        sw[(int64_t)(n + 3) * G + g], sw[(int64_t)(n + 2) * G + g], sw[(int64_t)(n + 1) * G + g], sw[(int64_t)n * G + g])));
-    __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc), xsum4));
-    res = _mm512_add_ps(res, _mm512_mul_ps(sw4, d));
-  }
-  res = _mm512_div_ps(res, _mm512_broadcast_f32x4(_mm_loadu_ps(xs + m0)));
-  res = _mm512_permutexvar_ps(by_token, res);  /* lane 4 i + r: token i, weight row r */
-  _mm_storeu_ps(out + (int64_t)m0 * N + n, _mm512_castps512_ps128(res));
-  _mm_storeu_ps(out + (int64_t)(m0 + 1) * N + n, _mm512_extractf32x4_ps(res, 1));
-  _mm_storeu_ps(out + (int64_t)(m0 + 2) * N + n, _mm512_extractf32x4_ps(res, 2));
-  _mm_storeu_ps(out + (int64_t)(m0 + 3) * N + n, _mm512_extractf32x4_ps(res, 3));
-}
-#endif
-
 /* rows [n0, n1) (a multiple of NR) x tokens [0, M) (a multiple of MT), NR x MT tiles */
 AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                   const float* xs, const int32_t* xsum, float* out, int n0, int n1, const int NR, const int MT) {
@@ -174,12 +146,6 @@ AI void tern_rows(int M, int N, int K, const int8_t* xq, const uint8_t* w, const
   int nb = K / 256 / G;
   for (int n = n0; n + NR <= n1; n += NR)
     for (int m0 = 0; m0 + MT <= M; m0 += MT) {
-#if defined(NC_VNNI)
-      if (NR == 4 && MT == 4) {  /* the main tile: the same float operations as below, 16 lanes at once */
-        tern_tile_4x4(N, K, xq, w, sw, G, xs, xsum, out, n, m0, KB, nb);
-        continue;
-      }
-#endif
 #if defined(NC_AVX512) || defined(NC_AVX2)
       if (MT == 4) {  /* the float epilogue 4 tokens at a time (the AVX2 build's 3 x 4 tiles), the same operations as below */
         __m128 r4[16];
