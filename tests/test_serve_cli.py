@@ -62,6 +62,29 @@ def test_serve_subprocess_with_env_api_key(gguf, mode):
         assert not os.path.exists(f"/proc/{child}"), child
 
 
+def test_bench_client_tells_plain_content_chunks_without_parsing_them():
+    """The bench's client skips json.loads for chunks that only carry text: exactly those, in this
+    server's JSON (both endpoints, with and without usage) and in other servers' spacing."""
+    from nanochat_ternary.infer.sampling import SamplingParams
+    from nanochat_ternary.serve.bench import plain_content
+    from nanochat_ternary.serve.generation import Job, SSEChunks
+
+    for chat in (True, False):
+        for usage in (True, False):
+            sse = SSEChunks(Job(chat, "m", [[1]], 1, 5, SamplingParams(), [], False, usage))
+            data = lambda event: event.removeprefix("data: ").rstrip().encode()  # noqa: E731
+            assert plain_content(data(sse.content(0, "let x")))
+            assert plain_content(data(sse.content(0, '"content": ""')))  # quotes inside the text are escaped
+            assert not plain_content(data(sse.chunk(0, None, None, role=True)))  # empty content
+            assert not plain_content(data(sse.chunk(0, "}", "stop")))  # text and a finish reason
+            assert not plain_content(data(sse.usage({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})))
+    spaced = {"choices": [{"index": 0, "delta": {"content": "fn"}, "finish_reason": None}], "usage": None}
+    assert plain_content(json.dumps(spaced).encode())
+    spaced["usage"] = {"completion_tokens": 3}  # usage on every chunk: parse them all
+    assert not plain_content(json.dumps(spaced).encode())
+    assert not plain_content(json.dumps({"error": {"message": "x", "content": "y"}}).encode())
+
+
 def test_bench_serve_prints_json(gguf, capsys):
     rc = main(["bench", "serve", *gguf, "--clients", "2,1", "--max-tokens", "6", "--requests-per-client", "2", "--rounds", "2"])
     assert rc == 0
