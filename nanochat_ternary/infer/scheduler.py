@@ -46,7 +46,7 @@ class QueueFull(NanochatError):
 
 
 class EngineUnavailable(NanochatError):
-    """The engine cannot take requests any more (its process has exited): HTTP 503."""
+    """The engine cannot take requests any more (its process exited, or the scheduler loop failed): HTTP 503."""
 
 
 @dataclass
@@ -149,7 +149,7 @@ class Scheduler:
         self.can_speculate = spec.supported(engine)
         self.speculative = speculative
         self.spec = spec.SpecCounters()
-        self.failure: str | None = None  # why the engine cannot serve (engine_process.py sets it); None while it can
+        self.failure: str | None = None  # why the engine cannot serve any more (the loop failed); None while it can
 
     # ---- public API ------------------------------------------------------------------------
     @property

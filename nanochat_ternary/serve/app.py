@@ -128,7 +128,7 @@ def create_app(engine: Any, *, api_key: str | None = None, max_batch: int = 8, m
     async def health() -> Any:
         body = {"status": "ok", "model": name, "in_flight": scheduler.in_flight,
                 "speculative": {"available": scheduler.can_speculate, "default": scheduler.speculative and scheduler.can_speculate}}
-        if scheduler.failure:  # the engine process has exited: not healthy, whatever else answers
+        if scheduler.failure:  # the engine has stopped for good: not healthy, whatever else answers
             return JSONResponse({**body, "status": "error", "error": scheduler.failure}, status_code=503)
         return body
 

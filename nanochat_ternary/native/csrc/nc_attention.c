@@ -85,7 +85,8 @@ AI void attend_group(int G, int hd, int n, float scale, const float* q, const vo
   int vec = hd % VW == 0, j = 0;
 #if VW >= 8
   /* VW keys at a time: their VW scores are added across lanes together (nc_hsum16x16_ps /
-     nc_hsum8x8_ps), not one horizontal sum per score */
+     nc_hsum8x8_ps), not one horizontal sum per score; which keys go this way depends on n alone,
+     so a row's scores are the same whatever the batch */
   if (vec)
     for (; j + VW <= n; j += VW)
       for (int h = 0; h < G; h++) {
