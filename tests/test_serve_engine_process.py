@@ -194,3 +194,16 @@ def test_a_failed_scheduler_thread_is_a_503_and_reaches_the_parent(files, monkey
     assert parent.poll(10) and parent.recv() == ("failed", "the scheduler failed (RuntimeError: boom)")
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_the_server_side_does_not_load_pytorch():
+    """With the engine in its own process, what the server process imports (the CLI's serve
+    command, the app, the engine-process client, uvicorn) leaves PyTorch unloaded: ~200 MB and a
+    second at startup that only the engine needs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nanochat_ternary.serve.app, nanochat_ternary.serve.engine_process, nanochat_ternary.serve.server; "
+            "from nanochat_ternary.cli import build_parser; build_parser(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

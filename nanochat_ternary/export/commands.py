@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .gguf_tensors import QUANT_TYPES
+from . import QUANT_NAMES
 
 
 def cmd_export(args) -> int:
@@ -43,7 +43,7 @@ def register(sub, bench) -> None:
     p.add_argument("--output", required=True, help="the GGUF file to write")
     p.add_argument("--mhc-output", default=None,
                    help="the .mhc file for mHC models (default: next to the GGUF with suffix .mhc)")
-    p.add_argument("--quant", choices=list(QUANT_TYPES), default="tq2_0",
+    p.add_argument("--quant", choices=list(QUANT_NAMES), default="tq2_0",
                    help="encoding of the projection weights (default tq2_0)")
     p.add_argument("--mtp-output", default=None,
                    help="single-stream models with MTP heads: the .mtp sidecar for the heads (default: next to the GGUF)")

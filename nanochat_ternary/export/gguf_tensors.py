@@ -20,15 +20,11 @@ from gguf.quants import quantize
 from ..config import QK_K, ModelConfig
 from ..errors import ConfigError, FormatError, NotSupportedError
 from ..model.bitlinear import quantize_weight
-from . import gguf_deltanet
+from . import QUANT_NAMES, gguf_deltanet
 from ..model.moe import is_moe_layer
 from .gguf_moe import MOE_TENSORS
 
-QUANT_TYPES = {
-    "tq2_0": GGMLQuantizationType.TQ2_0,
-    "tq1_0": GGMLQuantizationType.TQ1_0,
-    "f16": GGMLQuantizationType.F16,
-}
+QUANT_TYPES = dict(zip(QUANT_NAMES, (GGMLQuantizationType.TQ2_0, GGMLQuantizationType.TQ1_0, GGMLQuantizationType.F16)))
 
 # per block: state-dict suffix -> GGUF suffix, and whether it is a projection (else a norm)
 _BLOCK_TENSORS = [

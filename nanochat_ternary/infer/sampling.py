@@ -9,41 +9,11 @@ does not depend on anything but its own step count.
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
-
-
-@dataclass
-class SamplingParams:
-    temperature: float = 1.0  # 0 -> greedy (argmax)
-    top_k: int = 0  # 0 -> off
-    top_p: float = 1.0  # 1 -> off
-    repetition_penalty: float = 1.0  # 1 -> off
-    seed: int | None = None  # None -> a fresh random seed
-
-    def validate(self) -> "SamplingParams":
-        """Raise ConfigError naming the field when a value is out of range; return self."""
-
-        def bad(name: str, rule: str) -> ConfigError:
-            return ConfigError(f"sampling parameter {name}={getattr(self, name)!r}: {rule}")
-
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
-            raise bad("temperature", "must be a finite number >= 0")
-        if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0):
-            raise bad("top_k", "must be an integer >= 0 (0 turns it off)")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise bad("top_p", "must be in (0, 1]")
-        rp = self.repetition_penalty
-        if not (isinstance(rp, (int, float)) and math.isfinite(rp) and rp > 0):
-            raise bad("repetition_penalty", "must be a finite number > 0")
-        if self.seed is not None and not (isinstance(self.seed, int) and not isinstance(self.seed, bool)):
-            raise bad("seed", "must be an integer or None")
-        return self
+from .requests import SamplingParams
 
 
 def apply_repetition_penalty(logits: torch.Tensor, history: list[int], penalty: float) -> torch.Tensor:

@@ -23,13 +23,13 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import NanochatError
 from . import speculative_batch as spec
+from .requests import EngineUnavailable, Event, GenerationRequest, QueueFull
 from .sampling import Sampler, SamplingParams, sample_batch
 from .stream import TextStream
 
@@ -39,36 +39,6 @@ log = logging.getLogger(__name__)
 # prompt tokens prefilled in one forward at most (unless a single prompt is longer): the batched
 # prefill's activations stay those of one long prompt
 PREFILL_GROUP_TOKENS = 2048
-
-
-class QueueFull(NanochatError):
-    """The wait queue is full; the client should retry later (HTTP 429)."""
-
-
-class EngineUnavailable(NanochatError):
-    """The engine cannot take requests any more (its process exited, or the scheduler loop failed): HTTP 503."""
-
-
-@dataclass
-class GenerationRequest:
-    prompt: list[int]  # token ids, at least one
-    max_tokens: int  # >= 1
-    params: SamplingParams = field(default_factory=SamplingParams)
-    stop: list[str] = field(default_factory=list)  # stop strings (excluded from the output)
-    ignore_eos: bool = False  # keep going through stop tokens (benchmarks want fixed lengths)
-    speculative: bool | None = None  # draft with the MTP heads (None: the scheduler's default)
-
-
-@dataclass(frozen=True)
-class Event:
-    """One generated token of one request; the last one has `finish_reason` set."""
-
-    index: int  # the caller's tag (the choice index for n > 1)
-    text: str  # text safe to emit now; may be "" (a partial character or a possible stop prefix)
-    tokens: int  # completion tokens generated so far
-    finish_reason: str | None = None  # "stop", "length" or "error"
-    error: str | None = None  # message when finish_reason == "error"
-    token_id: int = -1  # the token this event is for (-1 when none, e.g. an error)
 
 
 class RequestHandle:

@@ -17,7 +17,6 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
-from ..infer.scheduler import Scheduler
 from .chat_template import ChatTemplate
 from .errors import APIError, install_error_handlers
 from .generation import Generation, complete, stream
@@ -101,6 +100,8 @@ def create_app(engine: Any, *, api_key: str | None = None, max_batch: int = 8, m
     template = ChatTemplate(engine.chat_template, tok.decode_bytes([tok.bos_id]).decode(), tok.decode_bytes([tok.eos_id]).decode(),
                             origin=f"model {name!r}")
     if scheduler is None:
+        from ..infer.scheduler import Scheduler  # here: a server with an engine process never loads PyTorch
+
         scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, speculative=speculative)
     metrics = Metrics()
     index_html = (WEB_DIR / "index.html").read_text(encoding="utf-8")

@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..cli_args import kv_cache_arg, positive_int
 from ..errors import ConfigError
 from .server import default_threads
@@ -42,7 +40,9 @@ def _check_files(args: argparse.Namespace) -> None:
 
 
 def _load_engine(args: argparse.Namespace) -> Any:
-    from ..infer.engine import Engine  # imported here: loading torch models is slow
+    import torch
+
+    from ..infer.engine import Engine  # imported here: PyTorch takes a second to load
 
     torch.set_flush_denormal(True)
     _check_files(args)

@@ -35,13 +35,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multiprocessing.connection import Connection
 
 from ..errors import NanochatError
-from ..infer.sampling import Sampler
-from ..infer.scheduler import EngineUnavailable, Event, GenerationRequest, QueueFull, Scheduler
+from ..infer.requests import EngineUnavailable, Event, GenerationRequest, QueueFull
+
+if TYPE_CHECKING:  # imported by the child only (it loads PyTorch)
+    from ..infer.scheduler import Scheduler
 
 _CHILD_QUEUE = 1 << 30  # the parent enforces --max-queue; the child takes whatever it is sent
 
@@ -134,7 +136,8 @@ def _child_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     try:
         _, engine_kwargs, max_batch, speculative = conn.recv()
-        from ..infer.engine import Engine
+        from ..infer.engine import Engine  # the child's imports: PyTorch is loaded here, not in the server
+        from ..infer.scheduler import Scheduler
 
         engine = Engine.load(**engine_kwargs)
         scheduler = Scheduler(engine, max_batch=max_batch, max_queue=_CHILD_QUEUE, speculative=speculative)
@@ -240,7 +243,7 @@ class EngineProcess:
             raise ValueError("the prompt must hold at least one token")
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        Sampler(request.params)  # validates the parameters here, where the error can still be a 400
+        request.params.validate()  # here, where the error can still be a 400
         if self.failure:
             raise EngineUnavailable(self.failure)
         if self._closed:

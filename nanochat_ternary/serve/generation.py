@@ -15,14 +15,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from ..infer.sampling import SamplingParams
-from ..infer.scheduler import EngineUnavailable, Event, GenerationRequest, QueueFull, RequestHandle, Scheduler
+from ..infer.requests import EngineUnavailable, Event, GenerationRequest, QueueFull, SamplingParams
 from .errors import APIError, error_body
 from .metrics import Metrics
+
+if TYPE_CHECKING:  # the server process does not load PyTorch (engine_process.py)
+    from ..infer.scheduler import RequestHandle, Scheduler
 
 _DISCONNECTED = object()  # put in the event queue by the disconnect watcher
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..infer.sampling import SamplingParams
+from ..infer.requests import SamplingParams
 from .chat_template import ChatTemplate
 from .errors import APIError
 from .generation import Job

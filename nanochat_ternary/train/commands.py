@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from ..config import load_config
 
 
@@ -17,6 +15,8 @@ def _config_args(p) -> None:
 def cmd_params(args) -> int:
     from ..config import require_supported
     from ..model.gpt import GPT, count_params, flops_per_token
+
+    import torch  # here: the CLI starts without loading PyTorch
 
     cfg = load_config(args.config, args.set)
     require_supported(cfg)
