@@ -149,14 +149,7 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        with self._cond:
-            leftovers = list(self._waiting) + [s.handle for s in self._active]
-            self._waiting.clear()
-            self._active.clear()
-            self._n_active = 0
-        for h in leftovers:
-            h.finished = True
-            _deliver_batch(h.loop, [(h, Event(h.index, "", 0, "error", "the server is shutting down"))])
+        self._end_all("the server is shutting down")
 
     def submit(self, request: GenerationRequest, queue: asyncio.Queue | None = None, index: int = 0, loop: Any = None) -> RequestHandle:
         """Queue a request; call from a running event loop, or give `loop`: any object whose
@@ -204,13 +197,17 @@ class Scheduler:
 
     def _fail_all(self, why: str) -> None:
         """Refuse new requests (EngineUnavailable) and end every queued or running one with an error."""
+        self.failure = why
+        self._end_all(why)
+
+    def _end_all(self, why: str) -> None:
+        """End every queued or running request with an error event `why` (stop, or a failed loop)."""
         with self._cond:
-            self.failure = why
             leftovers = list(self._waiting) + [s.handle for s in self._active if not s.handle.finished]
             self._waiting.clear()
             self._active.clear()
             self._n_active = 0
-        self._outbox = {}
+        self._outbox = {}  # a failed step's events: its requests get the error instead
         for h in leftovers:
             h.finished = True
             _deliver_batch(h.loop, [(h, Event(h.index, "", 0, "error", why))])

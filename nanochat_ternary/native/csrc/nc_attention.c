@@ -80,6 +80,13 @@ AI float hsumv(vf a) {  /* halves added until 4 lanes are left, then (0 + 2) + (
    (kb, vb: [cap, hd], float32 or F16); every key and value is loaded once for all G heads. p:
    [G, n] scratch, o: [G, hd] output. hd a multiple of VW (else scalar loops, same maths). Inlined
    into one copy per cache type (attend_f32, attend_f16). */
+/* q . key (the key starting at element k of kb) in VW lane sums, hd a multiple of VW */
+AI vf qk_lanes(const float* q, const void* kb, int64_t k, int hd, int f16) {
+  vf a = ldv(q) * ldkv(kb, k, f16);
+  for (int i = VW; i < hd; i += VW) a += ldv(q + i) * ldkv(kb, k + i, f16);
+  return a;
+}
+
 AI void attend_group(int G, int hd, int n, float scale, const float* q, const void* kb, const void* vb, float* p, float* o,
                      const int f16) {
   int vec = hd % VW == 0, j = 0;
@@ -92,12 +99,7 @@ AI void attend_group(int G, int hd, int n, float scale, const float* q, const vo
       for (int h = 0; h < G; h++) {
         const float* qh = q + h * hd;
         vf acc[VW];
-        _Pragma("GCC unroll 16") for (int t = 0; t < VW; t++) {
-          int64_t k = (int64_t)(j + t) * hd;
-          vf a = ldv(qh) * ldkv(kb, k, f16);
-          for (int i = VW; i < hd; i += VW) a += ldv(qh + i) * ldkv(kb, k + i, f16);
-          acc[t] = a;
-        }
+        _Pragma("GCC unroll 16") for (int t = 0; t < VW; t++) acc[t] = qk_lanes(qh, kb, (int64_t)(j + t) * hd, hd, f16);
 #if VW == 16
         vf d = (vf)nc_hsum16x16_ps((const __m512*)acc);
 #else
@@ -112,9 +114,7 @@ AI void attend_group(int G, int hd, int n, float scale, const float* q, const vo
       const float* qh = q + h * hd;
       float d;
       if (vec) {
-        vf acc = ldv(qh) * ldkv(kb, k, f16);
-        for (int i = VW; i < hd; i += VW) acc += ldv(qh + i) * ldkv(kb, k + i, f16);
-        d = hsumv(acc);
+        d = hsumv(qk_lanes(qh, kb, k, hd, f16));
       } else {
         d = 0.f;
         for (int i = 0; i < hd; i++) d += qh[i] * kv1(kb, k + i, f16);
