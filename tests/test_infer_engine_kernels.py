@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -158,12 +161,15 @@ def test_every_isa_compiles_without_warnings(tmp_path, isa):
 
 
 @pytest.mark.parametrize("m,n,k,groups", [(1, 37, 512, 2), (2, 24, 256, 1), (3, 20, 1024, 1), (5, 44, 768, 3),
-                                          (6, 28, 512, 2), (8, 36, 2048, 1), (11, 8, 256, 1), (128, 12, 256, 1)])
+                                          (6, 28, 512, 2), (8, 36, 2048, 1), (11, 8, 256, 1), (128, 12, 256, 1),
+                                          (70, 40, 512, 2), (33, 16, 256, 1)])
 def test_every_isa_gives_the_portable_integers(isa_lib, portable, m, n, k, groups):
     """Ternary products: each instruction set's result is bitwise the portable one's (and the
     torch back-end's), for tile remainders in rows and tokens, groups, and 8-block runs
     (k = 2048: the AVX2 path's 16-bit sums are flushed every 7 blocks). The largest sums are
-    included: weight row 0 all +1 (stored as 2) with token 0 all +1 (quantized to 127)."""
+    included: weight row 0 all +1 (stored as 2) with token 0 all +1 (quantized to 127). AMX:
+    16-row tiles with a partial last one, 16-token tiles with a partial last one, and more than
+    64 tokens (a second pass over the weights)."""
     t, scales = _case(n, k, groups, seed=m)
     x = torch.randn(m, k)
     t[0], x[0] = 1, 1.0
@@ -213,3 +219,37 @@ def test_native_library_honours_the_isa_override(monkeypatch):
             K.native_library()
     finally:
         K.native_library.cache_clear()
+
+
+@pytest.mark.parametrize("m", [8, 70])
+def test_every_isa_on_two_threads(isa_lib, portable, m):
+    """The threaded path (work above NC_PARALLEL_WORK): token rows prepared per thread, AMX's
+    activation tiles built once for all threads, output rows split between them."""
+    t, scales = _case(200, 1024, 2, seed=m)
+    x = torch.randn(m, 1024)
+    want = K.ternary_matmul(x, K.make_ternary(t, scales, portable), 8, portable)
+    torch.set_num_threads(2)
+    try:
+        got = K.ternary_matmul(x, K.make_ternary(t, scales, isa_lib), 8, isa_lib)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(got, want)
+
+
+def test_amx_kernels_ask_for_tile_state_themselves():
+    """Linux gives a process AMX tiles only once it asks; a process that loads the AMX build
+    without the CPU check (which also asks) must not die of SIGILL on its first tile product."""
+    if "amx" not in K.supported_isas():
+        pytest.skip(f"this CPU does not run the amx kernels (it runs {', '.join(K.supported_isas())})")
+    code = (
+        "import torch\n"
+        "from nanochat_ternary.native import build\n"
+        "from nanochat_ternary.infer import kernels as K\n"
+        "lib = build.load_library(build.compile_kernels(isa='amx'))\n"
+        "t = torch.randint(-1, 2, (32, 256), dtype=torch.int8)\n"
+        "out = K.ternary_matmul(torch.randn(8, 256), K.make_ternary(t, torch.ones(32, 1), lib), 8, lib)\n"
+        "print(out.shape[0])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "8"

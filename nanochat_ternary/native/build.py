@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 SRC_DIR = Path(__file__).parent / "csrc"
-SOURCES = ("nc_cpu.c", "nc_ternary.c", "nc_dense.c", "nc_attention.c", "nc_trunk.c", "nc_train.c")
+SOURCES = ("nc_cpu.c", "nc_ternary.c", "nc_amx.c", "nc_dense.c", "nc_attention.c", "nc_trunk.c", "nc_train.c")
 HEADERS = ("nc_common.h",)
 # -ffp-contract=off: no FMA contraction, so every build rounds alike (the same bits on every ISA);
 # -fno-trapping-math: nothing here reads floating-point exception flags, and without it GCC 12
@@ -35,12 +35,13 @@ CFLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=of
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 # best first; each needs the nc_cpu_features bits in ISA_NEEDS
 ISA_FLAGS = {
+    "amx": ["-march=x86-64-v4", "-mavx512vnni", "-mamx-tile", "-mamx-int8", "-mtune=native"],
     "avx512vnni": ["-march=x86-64-v4", "-mavx512vnni", "-mtune=native"],
     "avxvnni": ["-march=x86-64-v3", "-mavxvnni", "-mtune=native"],
     "avx2": ["-march=x86-64-v3", "-mtune=native"],
     "portable": [],
 } if _X86 else {"portable": []}
-ISA_NEEDS = {"avx512vnni": 4, "avxvnni": 2, "avx2": 1, "portable": 0}
+ISA_NEEDS = {"amx": 12, "avx512vnni": 4, "avxvnni": 2, "avx2": 1, "portable": 0}
 
 
 def _cache_dir() -> Path:

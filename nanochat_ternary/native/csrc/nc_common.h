@@ -7,6 +7,7 @@
  *   NC_AVX512   AVX-512 F (the F16 kernel's 16-wide path)
  *   NC_AVX2     AVX2 (+ FMA, F16C): vpmaddubsw ternary/int8 dots, 8-wide F16
  *   NC_AVXVNNI  AVX2 build with AVX-VNNI: 256-bit vpdpbusd instead of vpmaddubsw + vpmaddwd
+ *   NC_AMX      the NC_VNNI build plus AMX-INT8 tiles for ternary products of 4+ tokens (nc_amx.c)
  *   (none)      plain C loops: the reference every other path must match integer for integer
  */
 #ifndef NC_COMMON_H
@@ -22,6 +23,10 @@
 #endif
 #if defined(__AVX512F__)
 #define NC_AVX512 1
+#endif
+#if defined(NC_VNNI) && defined(__AMX_TILE__) && defined(__AMX_INT8__)
+#define NC_AMX 1
+#define NC_AMX_MIN_M 4  /* fewer tokens: the vpdpbusd paths (nc_ternary.c) */
 #endif
 #if !defined(NC_AVX512) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define NC_AVX2 1
@@ -171,10 +176,30 @@ AI float nc_dot16(const float* a, const float* b, int D) {
   return s;
 }
 
-/* max |x| over D floats (0 for none), in 16 partial maxima (exact in any order; NaNs are skipped) */
+/* max |x| over D floats (0 for none), in 16 partial maxima (exact in any order; NaNs are skipped).
+   GCC leaves the plain loop scalar (a compare and a move per element: a third of a prefill's
+   time); vmaxps(v, m) is exactly `v > m ? v : m`: it returns its second operand when either is a
+   NaN or both are zeros */
 AI float nc_absmax16(const float* x, int D) {
   float m[16] = {0};
   int j = 0;
+#if defined(NC_AVX512)
+  __m512 m0 = _mm512_setzero_ps(), m1 = m0;
+  for (; j + 32 <= D; j += 32) {
+    m0 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + j)), m0);
+    m1 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + j + 16)), m1);
+  }
+  _mm512_storeu_ps(m, _mm512_max_ps(m1, m0));
+#elif defined(NC_AVX2)
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m0 = _mm256_setzero_ps(), m1 = m0;
+  for (; j + 16 <= D; j += 16) {
+    m0 = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), m0);
+    m1 = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j + 8)), m1);
+  }
+  _mm256_storeu_ps(m, m0);
+  _mm256_storeu_ps(m + 8, m1);
+#endif
   for (; j + 16 <= D; j += 16)
     for (int l = 0; l < 16; l++) {
       float v = fabsf(x[j + l]);
@@ -224,5 +249,11 @@ void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float
                      const float* sw, int G, int Q, float* out, float* xn, int8_t* xq, float* xs, int32_t* xsum);
 void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const int64_t* slot, const int64_t* pos,
                   const float* cos_t, const float* sin_t, void* kc, void* vc, int f16, float* out);
+int nc_amx_permit(void);
+#if defined(NC_AMX)
+void nc_amx_tiles(int M, int K, const int8_t* xq, int8_t* xb);
+void nc_amx_range(int M, int N, int K, const int8_t* xb, const uint8_t* w, const float* sw, int G,
+                  const float* xs, const int32_t* xsum, float* out, int n0, int n1);
+#endif
 
 #endif

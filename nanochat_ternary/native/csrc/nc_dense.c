@@ -239,8 +239,7 @@ void nc_int8_gemm(int M, int N, int K, const float* x, const int8_t* w, const in
                   float* out, uint8_t* xu, float* xs) {
   for (int m = 0; m < M; m++) {
     const float* r = x + (int64_t)m * K;
-    float a = 0.f;
-    for (int k = 0; k < K; k++) { float v = fabsf(r[k]); a = v > a ? v : a; }
+    float a = nc_absmax16(r, K);
     if (a < 1e-30f) a = 1e-30f;
     float s = 127.f / a;
     xs[m] = s;
