@@ -63,22 +63,37 @@ static inline __attribute__((always_inline)) void transpose16(__m512i* v) {
   for (int i = 0; i < 16; i++) v[i] = t[i];
 }
 
-/* xb[mc][c] (1 KB each): the B tile of tokens 16 mc .. 16 mc + 15 and columns 64 c .. 64 c + 63:
+/* xb[j][c] (1 KB each): the B tile of tokens m0 + 16 j .. + 15 (j < nj) and columns 64 c .. 64 c + 63:
    row i, bytes 4 t .. 4 t + 3 = token t's columns 64 c + 4 i .. + 3 (zeros past M), that is the
    16 tokens' 64 bytes as a 16 x 16 matrix of 4-byte words, transposed */
-void nc_amx_tiles(int M, int K, const int8_t* xq, int8_t* xb) {
+static void build_tiles(int M, int K, const int8_t* xq, int m0, int nj, int8_t* xb) {
   int KC = K / 64;
-  for (int mc = 0; mc < (M + 15) / 16; mc++)
+  for (int j = 0; j < nj; j++)
     for (int c = 0; c < KC; c++) {
       __m512i v[16];
       for (int t = 0; t < 16; t++) {
-        int m = mc * 16 + t;
+        int m = m0 + j * 16 + t;
         v[t] = m < M ? _mm512_loadu_si512(xq + (int64_t)m * K + 64 * c) : _mm512_setzero_si512();
       }
       transpose16(v);
-      int8_t* img = xb + ((int64_t)mc * KC + c) * 1024;
-      for (int i = 0; i < 16; i++) _mm512_storeu_si512(img + 64 * i, v[i]);
+      int8_t* img = xb + ((int64_t)j * KC + c) * 1024;
+      for (int i = 0; i < 16; i++) _mm512_store_si512(img + 64 * i, v[i]);
     }
+}
+
+/* this thread's buffer of at least `bytes` (64-aligned, kept for the next call; NULL when out of
+   memory). Per thread: a tile loaded by another core than the one that wrote it cost about 6 us
+   a call at 8 tokens (measured), more than building the tiles twice. */
+static int8_t* thread_buffer(int64_t bytes) {
+  static __thread int8_t* buf;
+  static __thread int64_t size;
+  if (size < bytes) {
+    free(buf);
+    size = (bytes + 4095) / 4096 * 4096;
+    buf = (int8_t*)aligned_alloc(64, (size_t)size);
+    if (!buf) size = 0;
+  }
+  return buf;
 }
 
 /* the A tiles of one weight block: rows n .. n + nr - 1 (zeros past nr), plane s to a[s] */
@@ -92,8 +107,11 @@ static inline __attribute__((always_inline)) void unpack_block(const uint8_t* w,
 
 /* weight rows [n0, n1) x tokens [0, M): out[m, n] = sum over groups g of sw[n, g] * (C - xsum[m, g]),
    divided by xs[m] (the float operations and order of nc_ternary.c's epilogue) */
-void nc_amx_range(int M, int N, int K, const int8_t* xb, const uint8_t* w, const float* sw, int G,
-                  const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
+int nc_amx_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
+                 const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
+  int MC = (M + 15) / 16;
+  int8_t* xb = thread_buffer((int64_t)(MC < AMX_TILES_C ? MC : AMX_TILES_C) * K * 16);
+  if (!xb) return 0;
   static int permitted;  /* a benign race: every thread that sees 0 asks */
   if (!permitted) permitted = nc_amx_permit();
   nc_tilecfg cfg;
@@ -102,18 +120,19 @@ void nc_amx_range(int M, int N, int K, const int8_t* xb, const uint8_t* w, const
   for (int t = 0; t < 8; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
   _tile_loadconfig(&cfg);  /* per thread, and per call: other code (oneDNN) may reconfigure */
   int64_t KB = K / 4, step = (int64_t)(K / 64) * 1024;  /* step: to the next 16 tokens' tiles */
-  int MC = (M + 15) / 16, nb = K / 256 / G;
+  int nb = K / 256 / G;
   /* two blocks' A tiles: block b + 1 is unpacked while block b's tiles compute, so a tile load
      never waits for the stores just made */
   uint8_t a[2][4][1024] __attribute__((aligned(64)));
   int32_t c[16][16] __attribute__((aligned(64)));
   __m512 res[AMX_TILES_C][16];  /* [16-token tile][token]: 16 rows' sums */
-  for (int n = n0; n < n1; n += 16) {
-    int nr = n1 - n < 16 ? n1 - n : 16;
-    __mmask16 rows = (__mmask16)((1u << nr) - 1);
-    __m512i gidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(G));
-    for (int mc0 = 0; mc0 < MC; mc0 += AMX_TILES_C) {
-      int nmc = MC - mc0 < AMX_TILES_C ? MC - mc0 : AMX_TILES_C;
+  const __m512i gidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(G));
+  for (int mc0 = 0; mc0 < MC; mc0 += AMX_TILES_C) {  /* a pass of up to 64 tokens over the rows */
+    int nmc = MC - mc0 < AMX_TILES_C ? MC - mc0 : AMX_TILES_C;
+    build_tiles(M, K, xq, mc0 * 16, nmc, xb);
+    for (int n = n0; n < n1; n += 16) {
+      int nr = n1 - n < 16 ? n1 - n : 16;
+      __mmask16 rows = (__mmask16)((1u << nr) - 1);
       for (int j = 0; j < nmc; j++)
         for (int t = 0; t < 16; t++) res[j][t] = _mm512_setzero_ps();
       for (int g = 0; g < G; g++) {
@@ -122,7 +141,7 @@ void nc_amx_range(int M, int N, int K, const int8_t* xb, const uint8_t* w, const
         for (int b = g * nb; b < (g + 1) * nb; b++) {
           if (b + 1 < (g + 1) * nb) unpack_block(w, KB, n, nr, b + 1, a[(b + 1 - g * nb) & 1]);
           uint8_t (*ab)[1024] = a[(b - g * nb) & 1];
-          const int8_t* x = xb + (int64_t)mc0 * step + (int64_t)(4 * b) * 1024;  /* plane s: + 1024 s */
+          const int8_t* x = xb + (int64_t)(4 * b) * 1024;  /* plane s: + 1024 s */
           for (int s = 0; s < 4; s++) {  /* a C tile per 16 tokens (more chains per token tile ran no faster) */
             _tile_loadd(4, ab[s], 64);
             _tile_loadd(5, x + 1024 * s, 64);
@@ -161,5 +180,6 @@ void nc_amx_range(int M, int N, int K, const int8_t* xb, const uint8_t* w, const
     }
   }
   _tile_release();
+  return 1;
 }
 #endif

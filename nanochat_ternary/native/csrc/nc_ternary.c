@@ -262,26 +262,23 @@ static void tern_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, 
     tern_range(1, N, K, xq + (int64_t)m * K, w, sw, G, xs + m, xsum + m * G, out + (int64_t)m * N, n0, n1);
 }
 
+/* rows [n0, n1) for all M tokens: on AMX tiles from NC_AMX_MIN_M tokens (nc_amx.c), else tern_range */
+static void rows_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
+                       const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
+#if defined(NC_AMX)
+  if (M >= NC_AMX_MIN_M && nc_amx_range(M, N, K, xq, w, sw, G, xs, xsum, out, n0, n1)) return;
+#endif
+  tern_range(M, N, K, xq, w, sw, G, xs, xsum, out, n0, n1);
+}
+
 /* out[M, N] = dequant(quant(prep(x)) @ ternary(w)^T), prep as in quant_rows (nw may be NULL);
    scratch: xn[M*K] floats, xq[M*K], xs[M], xsum[M*G] */
 void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float eps, int glu, const uint8_t* w,
                      const float* sw, int G, int Q, float* out, float* xn, int8_t* xq, float* xs, int32_t* xsum) {
   int64_t work = (int64_t)M * N * K;
-#if defined(NC_AMX)
-  /* AMX tiles (nc_amx.c) from NC_AMX_MIN_M tokens: their activation tiles, 16 ceil(M / 16) K
-     bytes, go where xn was (4 M K bytes, free once the rows are quantized) */
-  int8_t* xb = M >= NC_AMX_MIN_M ? (int8_t*)xn : NULL;
-#endif
   if (work <= NC_PARALLEL_WORK) {
     quant_rows(M, K, x, nw, eps, glu, xn, Q, G, xq, xs, xsum);
-#if defined(NC_AMX)
-    if (xb) {
-      nc_amx_tiles(M, K, xq, xb);
-      nc_amx_range(M, N, K, xb, w, sw, G, xs, xsum, out, 0, N);
-      return;
-    }
-#endif
-    tern_range(M, N, K, xq, w, sw, G, xs, xsum, out, 0, N);
+    rows_range(M, N, K, xq, w, sw, G, xs, xsum, out, 0, N);
     return;
   }
   #pragma omp parallel
@@ -297,13 +294,6 @@ void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float
     #pragma omp barrier
     int n0, n1;
     nc_thread_rows(N, &n0, &n1);
-#if defined(NC_AMX)
-    if (xb) {
-      #pragma omp single
-      nc_amx_tiles(M, K, xq, xb);  /* (an implicit barrier: every thread reads all of them) */
-      nc_amx_range(M, N, K, xb, w, sw, G, xs, xsum, out, n0, n1);
-    } else
-#endif
-    tern_range(M, N, K, xq, w, sw, G, xs, xsum, out, n0, n1);
+    rows_range(M, N, K, xq, w, sw, G, xs, xsum, out, n0, n1);
   }
 }
