@@ -13,11 +13,12 @@
  *   and masked, is exactly 64 consecutive columns (the layout of nc_ternary.c), so the packed
  *   weights are used as they are;
  * - B = the activations in the "VNNI" layout the instruction wants, tile row i holding, for each
- *   of 16 tokens, the four bytes of columns 4i..4i+3 (xq_to_tiles builds these once per call;
- *   tokens past M are zeros);
+ *   of 16 tokens, the four bytes of columns 4i..4i+3 (build_tiles: a 16 x 16 transpose of 4-byte
+ *   words per 16 tokens x 64 columns; tokens past M are zeros);
  * - C[r][t] = sum over 64 columns of (w + 1) x (token t's int8): the integer sums of the other
  *   paths, so the result is theirs exactly, bit for bit after the same float epilogue.
- * Four C tiles hold 64 tokens; more tokens take another pass over the weights.
+ * Four C tiles hold 64 tokens; more tokens take another pass over the weights. Each 16 rows' sums
+ * are transposed in registers so that the epilogue and the stores run 16 rows a vector.
  *
  * Linux hands out AMX state only to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM):
  * nc_cpu_features asks, and reports AMX only when granted; this library asks again before its
@@ -27,6 +28,7 @@
 
 #if defined(NC_AMX)
 #include <string.h>
+#include <stdlib.h>
 
 typedef struct {
   uint8_t palette, start_row, reserved[14];
