@@ -34,9 +34,11 @@ HEADERS = ("nc_common.h",)
 CFLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off", "-fno-trapping-math", "-Wall", "-Wextra"]
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 # best first; each needs the nc_cpu_features bits in ISA_NEEDS
+# -mprefer-vector-width=512: -mtune=native on Intel vectorises loops 256 bits wide; the row
+# preparation (SwiGLU, RMSNorm, the int8 rounding) ran 1.2x faster 512 wide, the same bits
 ISA_FLAGS = {
-    "amx": ["-march=x86-64-v4", "-mavx512vnni", "-mamx-tile", "-mamx-int8", "-mtune=native"],
-    "avx512vnni": ["-march=x86-64-v4", "-mavx512vnni", "-mtune=native"],
+    "amx": ["-march=x86-64-v4", "-mavx512vnni", "-mamx-tile", "-mamx-int8", "-mtune=native", "-mprefer-vector-width=512"],
+    "avx512vnni": ["-march=x86-64-v4", "-mavx512vnni", "-mtune=native", "-mprefer-vector-width=512"],
     "avxvnni": ["-march=x86-64-v3", "-mavxvnni", "-mtune=native"],
     "avx2": ["-march=x86-64-v3", "-mtune=native"],
     "portable": [],
