@@ -22,7 +22,8 @@
  *
  * Linux hands out AMX state only to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM):
  * nc_cpu_features asks, and reports AMX only when granted; this library asks again before its
- * first tile instruction, in case it was loaded without that check.
+ * first tile instruction, in case it was loaded without that check, and leaves the work to the
+ * vpdpbusd paths when refused.
  */
 #include "nc_common.h"
 
@@ -114,8 +115,9 @@ int nc_amx_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, const 
   int MC = (M + 15) / 16;
   int8_t* xb = thread_buffer((int64_t)(MC < AMX_TILES_C ? MC : AMX_TILES_C) * K * 16);
   if (!xb) return 0;
-  static int permitted;  /* a benign race: every thread that sees 0 asks */
-  if (!permitted) permitted = nc_amx_permit();
+  static int permitted = -1;  /* a benign race: every thread that sees -1 asks */
+  if (permitted < 0) permitted = nc_amx_permit();
+  if (!permitted) return 0;  /* refused: the vpdpbusd paths */
   nc_tilecfg cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.palette = 1;

@@ -251,7 +251,8 @@ void nc_attention(int R, int H, int KV, int hd, int cap, const float* qkv, const
                   const float* cos_t, const float* sin_t, void* kc, void* vc, int f16, float* out);
 int nc_amx_permit(void);
 #if defined(NC_AMX)
-/* 1 when done, 0 when out of memory (the caller falls back to the vpdpbusd paths) */
+/* 1 when done, 0 when out of memory or refused the tile state (the caller falls back to the
+   vpdpbusd paths) */
 int nc_amx_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                  const float* xs, const int32_t* xsum, float* out, int n0, int n1);
 #endif
