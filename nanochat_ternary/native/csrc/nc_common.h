@@ -214,6 +214,46 @@ AI float nc_absmax16(const float* x, int D) {
   return a;
 }
 
+/* hi[l], lo[l] (16 lanes): the largest and smallest of x[l], x[l + 16], ... over the first D / 16 * 16
+   values, each lane seeded with x[0]; `v > m ? v : m` and `v < m ? v : m` in vmaxps / vminps, which
+   return their second operand for NaNs and for zeros of either sign, exactly as those expressions
+   (GCC leaves the plain loop scalar). Returns the number of values covered. */
+AI int nc_minmax16(const float* x, int D, float* hi, float* lo) {
+  int j = 0;
+#if defined(NC_AVX512)
+  __m512 h = _mm512_set1_ps(x[0]), l = h;
+  for (; j + 16 <= D; j += 16) {
+    __m512 v = _mm512_loadu_ps(x + j);
+    h = _mm512_max_ps(v, h);
+    l = _mm512_min_ps(v, l);
+  }
+  _mm512_storeu_ps(hi, h);
+  _mm512_storeu_ps(lo, l);
+#elif defined(NC_AVX2)
+  __m256 h0 = _mm256_set1_ps(x[0]), h1 = h0, l0 = h0, l1 = h0;
+  for (; j + 16 <= D; j += 16) {
+    __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+    h0 = _mm256_max_ps(v0, h0);
+    h1 = _mm256_max_ps(v1, h1);
+    l0 = _mm256_min_ps(v0, l0);
+    l1 = _mm256_min_ps(v1, l1);
+  }
+  _mm256_storeu_ps(hi, h0);
+  _mm256_storeu_ps(hi + 8, h1);
+  _mm256_storeu_ps(lo, l0);
+  _mm256_storeu_ps(lo + 8, l1);
+#else
+  for (int l = 0; l < 16; l++) hi[l] = lo[l] = x[0];
+  for (; j + 16 <= D; j += 16)
+    for (int l = 0; l < 16; l++) {
+      float v = x[j + l];
+      hi[l] = v > hi[l] ? v : hi[l];
+      lo[l] = v < lo[l] ? v : lo[l];
+    }
+#endif
+  return j;
+}
+
 /* e^x for x <= 0: Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2, and Cephes' degree-7
    polynomial for e^r (about 1 ulp, as the Cephes expf), then 2^k from the exponent bits. Plain
    float operations (no FMA contraction: -ffp-contract=off), so every build gives the same bits,

@@ -77,14 +77,7 @@ void nc_act_quant(int N, int D, const float* x, float q, float eps, float* out) 
       const float* xr = x + (int64_t)n * D;
       float* o = out + (int64_t)n * D;
       float hi[16], lo[16];
-      for (int l = 0; l < 16; l++) hi[l] = lo[l] = xr[0];
-      int j = 0;
-      for (; j + 16 <= D; j += 16)
-        for (int l = 0; l < 16; l++) {
-          float v = xr[j + l];
-          hi[l] = v > hi[l] ? v : hi[l];
-          lo[l] = v < lo[l] ? v : lo[l];
-        }
+      int j = nc_minmax16(xr, D, hi, lo);
       float a = hi[0], b = lo[0];
       for (int l = 1; l < 16; l++) {
         a = hi[l] > a ? hi[l] : a;
