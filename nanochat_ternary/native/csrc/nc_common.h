@@ -177,9 +177,9 @@ AI float nc_dot16(const float* a, const float* b, int D) {
 }
 
 /* max |x| over D floats (0 for none), in 16 partial maxima (exact in any order; NaNs are skipped).
-   GCC leaves the plain loop scalar (a compare and a move per element: a third of a prefill's
-   time); vmaxps(v, m) is exactly `v > m ? v : m`: it returns its second operand when either is a
-   NaN or both are zeros */
+   GCC leaves the plain loop scalar (a compare and a move per element: most of a row's
+   preparation, 64 rows of 2,048 took 154 us, now 44); vmaxps(v, m) is exactly `v > m ? v : m`: it
+   returns its second operand when either is a NaN or both are zeros */
 AI float nc_absmax16(const float* x, int D) {
   float m[16] = {0};
   int j = 0;

@@ -23,7 +23,8 @@
  *   to 32 bits. Each s16 lane of one vpmaddubsw is at most 2 * 2 * 128 = 512 in magnitude, so 56
  *   of them (7 blocks x 8 vectors) stay below 32767: no saturation, exact integers. Each product
  *   goes into its accumulator in asm (nc_common.h, nc_maddubs_add);
- * - portable: plain C loops.
+ * - portable: plain C loops;
+ * - AMX (the AVX-512 VNNI build plus tiles): nc_amx.c from NC_AMX_MIN_M tokens (rows_range).
  */
 #include "nc_common.h"
 
