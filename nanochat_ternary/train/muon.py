@@ -100,7 +100,12 @@ def newton_schulz_stacked(updates: list[Tensor], steps: int) -> list[Tensor]:
     if len(updates) == 1:
         return [newton_schulz(updates[0], steps)]
     tall = [u.size(0) > u.size(1) for u in updates]
-    ortho = newton_schulz(torch.stack([u.mT if t else u for u, t in zip(updates, tall)]), steps)
+    # the stack is made in Newton-Schulz's dtype: one pass per update (torch.stack and then a bf16
+    # copy were two passes over the whole stack)
+    x = torch.empty((len(updates), *oriented(tuple(updates[0].shape))), dtype=ns_dtype(updates[0].device), device=updates[0].device)
+    for xi, u, t in zip(x, updates, tall):
+        xi.copy_(u.mT if t else u)
+    ortho = newton_schulz(x, steps)
     return [o.mT if t else o for o, t in zip(ortho.unbind(0), tall)]
 
 
@@ -164,7 +169,8 @@ class Muon(torch.optim.Optimizer):
                     scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
                     if wd:
                         p.mul_(1 - lr * wd)
-                    p.add_(ortho.to(p.dtype), alpha=-lr * scale)
+                    # a bf16 update is added in p's dtype as it is read (no float copy of it)
+                    p.add_(ortho.to(p.dtype) if isinstance(ortho, DTensor) else ortho, alpha=-lr * scale)
         return loss
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
