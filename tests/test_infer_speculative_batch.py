@@ -23,6 +23,7 @@ from openai import OpenAI
 from nanochat_ternary.infer.engine import Engine
 from nanochat_ternary.infer.sampling import Sampler, SamplingParams, filtered_probs
 from nanochat_ternary.infer.scheduler import GenerationRequest, Scheduler
+from nanochat_ternary.infer.spec_policy import EXPLORE, SpecPolicy
 from nanochat_ternary.infer.speculative_batch import Draft, accept, distribution, draft_count, draw
 from nanochat_ternary.serve.app import create_app
 from nanochat_ternary.serve.server import ServerThread
@@ -147,6 +148,39 @@ def test_seeded_speculative_request_reproduces_alone_and_batched_with_stops(engi
     batched, _ = run(engine, [req(i) for i in range(4)] + [GenerationRequest(_prompt(engine, "x"), 9, speculative=False)])
     assert batched[:4] == alone
     assert all(tokens == len(ids) <= 24 for ids, _, tokens in alone)
+
+
+def test_spec_policy_drafts_where_drafting_measured_faster():
+    p = SpecPolicy()
+    assert p.draft(8) is True  # nothing measured: try drafting, then plain
+    p.record(8, True, 16, 0.010)  # 1,600 tokens/s
+    assert p.draft(8) is False
+    p.record(8, False, 8, 0.004)  # 2,000 tokens/s
+    choices = [p.draft(8) for _ in range(2 * EXPLORE)]
+    assert choices.count(True) == 2  # plain, and drafting again once every EXPLORE steps
+    for _ in range(20):  # plain steps at 8 slow down (a busier machine): the estimate follows
+        p.record(8, False, 8, 0.010)
+    assert [p.draft(8) for _ in range(EXPLORE - 1)].count(True) >= EXPLORE - 2
+    p.record(1, True, 2, 0.001)
+    p.record(1, False, 1, 0.001)
+    assert p.draft(1) is True  # each batch size on its own
+    p.record(2, True, 0, 0.001)  # a step that emitted nothing (all cancelled) teaches nothing
+    assert (2, True) not in p.rates
+
+
+def test_policy_switches_only_requests_whose_text_cannot_change(engine, monkeypatch):
+    """Where drafting measured slower, greedy requests decode plainly (the same text, no drafts);
+    a seeded sampled request still drafts as it asked, so its text does not depend on the batch."""
+    monkeypatch.setattr(SpecPolicy, "draft", lambda self, batch: False)
+    greedy = [GenerationRequest(_prompt(engine, t), 24, SamplingParams(temperature=0.0), speculative=True) for t in ("fn main() {", "impl")]
+    plain, _ = run(engine, [GenerationRequest(r.prompt, r.max_tokens, r.params) for r in greedy])
+    outs, sched = run(engine, greedy)
+    assert outs == plain and sched.spec.drafted == 0
+    seeded = GenerationRequest(_prompt(engine, "fn main() {"), 24, SamplingParams(temperature=0.9, seed=5), speculative=True)
+    alone, sched = run(engine, [seeded], max_batch=1)
+    assert sched.spec.drafted > 0
+    outs, sched = run(engine, [seeded] + greedy)
+    assert outs[0] == alone[0] and outs[1:] == plain and sched.spec.drafted > 0
 
 
 def test_draft_count_never_outruns_limits():

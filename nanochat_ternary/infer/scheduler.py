@@ -10,7 +10,8 @@ scheduling, https://www.usenix.org/conference/osdi22/presentation/yu):
 3. one batched `engine.decode` for every active sequence, then one batched sampling call in which
    each sequence draws from its own Sampler. Requests that speculate (`speculative`, or the
    scheduler's default) instead feed their MTP-head drafts in that same forward and keep the
-   accepted ones (speculative_batch.py: lossless for sampled requests, exact for greedy ones).
+   accepted ones (speculative_batch.py: lossless for sampled requests, exact for greedy ones),
+   at the batch sizes where drafting measured faster (spec_policy.py).
 
 Each generated token becomes an `Event` pushed into the request's asyncio queue with
 `loop.call_soon_threadsafe`, so the HTTP layer just awaits its queue. Every request samples
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 
 from . import speculative_batch as spec
+from .spec_policy import SpecPolicy
 from .requests import EngineUnavailable, Event, GenerationRequest, QueueFull
 from .sampling import Sampler, SamplingParams, sample_batch
 from .stream import TextStream
@@ -119,6 +122,7 @@ class Scheduler:
         self.can_speculate = spec.supported(engine)
         self.speculative = speculative
         self.spec = spec.SpecCounters()
+        self.spec_policy = SpecPolicy()  # which batch sizes draft (greedy and unseeded requests)
         self.failure: str | None = None  # why the engine cannot serve any more (the loop failed); None while it can
 
     # ---- public API ------------------------------------------------------------------------
@@ -226,11 +230,13 @@ class Scheduler:
                     admit.append(self._waiting.popleft())
                     self._n_active += 1
             self._drop_cancelled()
+            t0, before = time.perf_counter(), self.generated_tokens_total
             if admit:
                 self._admit_all(admit)
-            if self._active:
-                self._decode_step()
+            choice = self._decode_step() if self._active else None
             self._flush_outbox()
+            if choice is not None and not admit:  # the whole step, its events' delivery included
+                self.spec_policy.record(*choice, self.generated_tokens_total - before, time.perf_counter() - t0)
 
     def _emit(self, handle: RequestHandle, event: Event) -> None:
         self._outbox.setdefault(handle.loop, []).append((handle, event))
@@ -334,13 +340,27 @@ class Scheduler:
             return 0
         return spec.draft_count(self.engine.n_mtp, seq.state.length, self.engine.n_ctx, req.max_tokens - seq.generated)
 
-    def _decode_step(self) -> None:
+    def _decode_step(self) -> tuple[int, bool] | None:
+        """One step for every active sequence; (batch size, drafted) when the speculation policy
+        chose, for _loop to time the step against."""
         batch = list(self._active)
         self.batch_size = len(batch)
         counts = [self._drafts_for(s) for s in batch]
+        if not any(counts):
+            self._plain_step(batch)
+            return None
+        # drafting is a speed choice for greedy requests (exact either way) and unseeded ones; a
+        # seeded sampled request's text depends on it, so those draft whenever they ask
+        if not self.spec_policy.draft(len(batch)):
+            counts = [c if s.sampler.params.temperature > 0 and s.sampler.params.seed is not None else 0 for s, c in zip(batch, counts)]
         if any(counts):
             self._speculative_step(batch, counts)
-            return
+        else:
+            self._plain_step(batch)
+        return len(batch), any(counts)
+
+    def _plain_step(self, batch: list[_Sequence]) -> None:
+        """One batched decode forward and one batched sampling call for the whole batch."""
         try:
             logits = self.engine.decode([s.state for s in batch], [s.last_token for s in batch])
         except Exception as e:
