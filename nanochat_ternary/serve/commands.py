@@ -184,8 +184,8 @@ def register(sub: Any, bench: Any) -> None:
     p.add_argument("--max-body-bytes", type=positive_int("--max-body-bytes"), default=1_000_000)
     p.add_argument("--model-name", default=None, help="the id clients use (default: the GGUF's general.name)")
     p.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=False,
-                   help="draft with the model's MTP heads for requests that do not set \"speculative\" (default off: "
-                        "on a 2-core CPU the e2e model serves fewer tokens/s with it, see README)")
+                   help="draft with the model's MTP heads for requests that do not set \"speculative\", at the batch "
+                        "sizes where drafting measures faster (default off; see README)")
     p.set_defaults(func=cmd_serve)
 
     b = bench.add_parser("serve", help="throughput/latency of the HTTP server at several concurrency levels")
