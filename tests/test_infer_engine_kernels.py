@@ -236,6 +236,20 @@ def test_every_isa_on_two_threads(isa_lib, portable, m):
     assert torch.equal(got, want)
 
 
+def test_cpu_features_match_what_linux_reports():
+    """The dispatcher sees AVX-512 VNNI and AMX exactly where /proc/cpuinfo lists them (AMX also
+    needs the kernel to grant the tile state, which every Linux since 5.16 does)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo")
+    isas = K.supported_isas()
+    has = lambda *names: all(n in flags for n in names)  # noqa: E731
+    assert ("avx512vnni" in isas) == has("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+    assert ("avxvnni" in isas) == has("avx2", "fma", "avx_vnni")
+    assert ("amx" in isas) == has("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "amx_tile", "amx_int8")
+
+
 def test_amx_kernels_ask_for_tile_state_themselves():
     """Linux gives a process AMX tiles only once it asks; a process that loads the AMX build
     without the CPU check (which also asks) must not die of SIGILL on its first tile product."""
