@@ -36,9 +36,10 @@ _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 # best first; each needs the nc_cpu_features bits in ISA_NEEDS
 # -mprefer-vector-width=512: -mtune=native on Intel vectorises loops 256 bits wide; the row
 # preparation (SwiGLU, RMSNorm, the int8 rounding) ran 1.2x faster 512 wide, the same bits
+_AVX512VNNI = ["-march=x86-64-v4", "-mavx512vnni", "-mtune=native", "-mprefer-vector-width=512"]
 ISA_FLAGS = {
-    "amx": ["-march=x86-64-v4", "-mavx512vnni", "-mamx-tile", "-mamx-int8", "-mtune=native", "-mprefer-vector-width=512"],
-    "avx512vnni": ["-march=x86-64-v4", "-mavx512vnni", "-mtune=native", "-mprefer-vector-width=512"],
+    "amx": _AVX512VNNI + ["-mamx-tile", "-mamx-int8"],  # the AVX-512 VNNI build plus tiles (csrc/nc_amx.c)
+    "avx512vnni": _AVX512VNNI,
     "avxvnni": ["-march=x86-64-v3", "-mavxvnni", "-mtune=native"],
     "avx2": ["-march=x86-64-v3", "-mtune=native"],
     "portable": [],

@@ -112,12 +112,12 @@ static inline __attribute__((always_inline)) void unpack_block(const uint8_t* w,
    divided by xs[m] (the float operations and order of nc_ternary.c's epilogue) */
 int nc_amx_range(int M, int N, int K, const int8_t* xq, const uint8_t* w, const float* sw, int G,
                  const float* xs, const int32_t* xsum, float* out, int n0, int n1) {
-  int MC = (M + 15) / 16;
-  int8_t* xb = thread_buffer((int64_t)(MC < AMX_TILES_C ? MC : AMX_TILES_C) * K * 16);
-  if (!xb) return 0;
   static int permitted = -1;  /* a benign race: every thread that sees -1 asks */
   if (permitted < 0) permitted = nc_amx_permit();
   if (!permitted) return 0;  /* refused: the vpdpbusd paths */
+  int MC = (M + 15) / 16;
+  int8_t* xb = thread_buffer((int64_t)(MC < AMX_TILES_C ? MC : AMX_TILES_C) * K * 16);
+  if (!xb) return 0;
   nc_tilecfg cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.palette = 1;

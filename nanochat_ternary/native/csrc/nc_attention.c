@@ -76,22 +76,6 @@ AI float hsumv(vf a) {  /* halves added until 4 lanes are left, then (0 + 2) + (
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-/* the largest of x[0..n) (-inf for none; exact in any order): VW lanes, compare and select (a
-   scalar running maximum is one dependent compare per score) */
-typedef int32_t vi __attribute__((vector_size(VW * 4)));
-AI float softmax_max(const float* x, int n) {
-  vf m = (vf){0} - INFINITY;
-  int j = 0;
-  for (; j + VW <= n; j += VW) {
-    vf v = ldv(x + j);
-    vi gt = v > m;
-    m = (vf)((gt & (vi)v) | (~gt & (vi)m));
-  }
-  float r = -INFINITY;
-  for (int l = 0; l < VW; l++) r = m[l] > r ? m[l] : r;
-  for (; j < n; j++) r = x[j] > r ? x[j] : r;
-  return r;
-}
 /* sum of x[0..n) in VW lane sums (hsumv), then the tail: the order depends on n alone */
 AI float lane_sum(const float* x, int n) {
   vf a = {0};
@@ -150,7 +134,7 @@ AI void attend_group(int G, int hd, int n, float scale, const float* q, const vo
   }
   for (int h = 0; h < G; h++) {
     float* ph = p + h * n;
-    float mx = softmax_max(ph, n);
+    float mx = nc_max(ph, n, -INFINITY);  /* exact in any order */
     for (int j = 0; j < n; j++) ph[j] = nc_exp_neg(ph[j] - mx);
     float inv = 1.0f / lane_sum(ph, n);
     for (int j = 0; j < n; j++) ph[j] *= inv;

@@ -214,44 +214,61 @@ AI float nc_absmax16(const float* x, int D) {
   return a;
 }
 
-/* hi[l], lo[l] (16 lanes): the largest and smallest of x[l], x[l + 16], ... over the first D / 16 * 16
-   values, each lane seeded with x[0]; `v > m ? v : m` and `v < m ? v : m` in vmaxps / vminps, which
-   return their second operand for NaNs and for zeros of either sign, exactly as those expressions
-   (GCC leaves the plain loop scalar). Returns the number of values covered. */
-AI int nc_minmax16(const float* x, int D, float* hi, float* lo) {
+/* hi[l] (and lo[l] unless lo is NULL), 16 lanes: the largest (smallest) of seed, x[l], x[l + 16],
+   ... over the first D / 16 * 16 values, as `v > m ? v : m` (`v < m ? v : m`) computes them; returns
+   how many values that covers. vmaxps(v, m) / vminps(v, m) are exactly those expressions: they return
+   their second operand for NaNs and for zeros of either sign (GCC leaves the plain loops scalar). */
+AI int nc_minmax16(const float* x, int D, float seed, float* hi, float* lo) {
   int j = 0;
 #if defined(NC_AVX512)
-  __m512 h = _mm512_set1_ps(x[0]), l = h;
+  __m512 h = _mm512_set1_ps(seed), l = h;
   for (; j + 16 <= D; j += 16) {
     __m512 v = _mm512_loadu_ps(x + j);
     h = _mm512_max_ps(v, h);
-    l = _mm512_min_ps(v, l);
+    if (lo) l = _mm512_min_ps(v, l);
   }
   _mm512_storeu_ps(hi, h);
-  _mm512_storeu_ps(lo, l);
+  if (lo) _mm512_storeu_ps(lo, l);
 #elif defined(NC_AVX2)
-  __m256 h0 = _mm256_set1_ps(x[0]), h1 = h0, l0 = h0, l1 = h0;
+  __m256 h0 = _mm256_set1_ps(seed), h1 = h0, l0 = h0, l1 = h0;
   for (; j + 16 <= D; j += 16) {
     __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
     h0 = _mm256_max_ps(v0, h0);
     h1 = _mm256_max_ps(v1, h1);
-    l0 = _mm256_min_ps(v0, l0);
-    l1 = _mm256_min_ps(v1, l1);
+    if (lo) {
+      l0 = _mm256_min_ps(v0, l0);
+      l1 = _mm256_min_ps(v1, l1);
+    }
   }
   _mm256_storeu_ps(hi, h0);
   _mm256_storeu_ps(hi + 8, h1);
-  _mm256_storeu_ps(lo, l0);
-  _mm256_storeu_ps(lo + 8, l1);
+  if (lo) {
+    _mm256_storeu_ps(lo, l0);
+    _mm256_storeu_ps(lo + 8, l1);
+  }
 #else
-  for (int l = 0; l < 16; l++) hi[l] = lo[l] = x[0];
+  for (int l = 0; l < 16; l++) {
+    hi[l] = seed;
+    if (lo) lo[l] = seed;
+  }
   for (; j + 16 <= D; j += 16)
     for (int l = 0; l < 16; l++) {
       float v = x[j + l];
       hi[l] = v > hi[l] ? v : hi[l];
-      lo[l] = v < lo[l] ? v : lo[l];
+      if (lo) lo[l] = v < lo[l] ? v : lo[l];
     }
 #endif
   return j;
+}
+
+/* the largest of seed and x[0..D) (`v > m ? v : m` throughout: NaNs are skipped, except a NaN seed) */
+AI float nc_max(const float* x, int D, float seed) {
+  float hi[16];
+  int j = nc_minmax16(x, D, seed, hi, NULL);
+  float r = seed;
+  for (int l = 0; l < 16; l++) r = hi[l] > r ? hi[l] : r;
+  for (; j < D; j++) r = x[j] > r ? x[j] : r;
+  return r;
 }
 
 /* e^x for x <= 0: Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2, and Cephes' degree-7

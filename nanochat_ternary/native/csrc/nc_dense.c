@@ -268,27 +268,11 @@ static int topk_cmp(const void* a, const void* b) {
   return p->i < q->i ? -1 : 1;
 }
 
-/* the largest value of x[j0..j1) in 16 lanes (compare + blend: vectorises without fast-math) */
-static float max_range(const float* x, int j0, int j1) {
-  float m[16];
-  int j = j0;
-  if (j1 - j0 >= 16) {
-    for (int l = 0; l < 16; l++) m[l] = x[j + l];
-    for (j += 16; j + 16 <= j1; j += 16)
-      for (int l = 0; l < 16; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
-  } else {
-    for (int l = 0; l < 16; l++) m[l] = x[j0];
-  }
-  for (; j < j1; j++) m[0] = x[j] > m[0] ? x[j] : m[0];
-  float r = m[0];
-  for (int l = 1; l < 16; l++) r = m[l] > r ? m[l] : r;
-  return r;
-}
-
 static void topk_row(int N, int k, const float* x, nc_cand* cand, int64_t* idx) {
   float t = INFINITY;
   for (int c = 0; c < k; c++) {
-    float mx = max_range(x, (int)((int64_t)N * c / k), (int)((int64_t)N * (c + 1) / k));
+    int j0 = (int)((int64_t)N * c / k), j1 = (int)((int64_t)N * (c + 1) / k);
+    float mx = nc_max(x + j0, j1 - j0, x[j0]);  /* chunk c's largest (vmaxps) */
     t = mx < t ? mx : t;
   }
   int n = 0;

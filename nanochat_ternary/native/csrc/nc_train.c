@@ -77,7 +77,7 @@ void nc_act_quant(int N, int D, const float* x, float q, float eps, float* out) 
       const float* xr = x + (int64_t)n * D;
       float* o = out + (int64_t)n * D;
       float hi[16], lo[16];
-      int j = nc_minmax16(xr, D, hi, lo);
+      int j = nc_minmax16(xr, D, xr[0], hi, lo);
       float a = hi[0], b = lo[0];
       for (int l = 1; l < 16; l++) {
         a = hi[l] > a ? hi[l] : a;
