@@ -1,5 +1,6 @@
 """The training step's native row-wise ops (model/native_ops.py) against the PyTorch ops they replace:
-the quantisers bit for bit, RMSNorm's backward to float rounding, a whole model's gradients."""
+the quantisers and RoPE bit for bit, RMSNorm's and SwiGLU's backward to float rounding, a whole
+model's gradients."""
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from nanochat_ternary.config import load_config
 from nanochat_ternary.model import bitlinear, native_ops
 from nanochat_ternary.model.gpt import GPT
 from nanochat_ternary.model.norm import RMSNorm
+from nanochat_ternary.model.rope import apply_rope, rope_tables
 from nanochat_ternary.train.loss import compute_loss
 
 pytestmark = pytest.mark.skipif(native_ops.library() is None, reason="no native kernels (no C compiler here)")
@@ -103,9 +105,47 @@ def test_other_dtypes_and_autocast_take_the_pytorch_path():
     assert type(y.grad_fn).__name__ != "_RMSNormBackward"
 
 
+def test_swiglu_forward_is_pytorchs_and_backward_the_analytic_gradient():
+    g = torch.Generator().manual_seed(6)
+    gu = torch.randn(3, 37, 2 * 50, generator=g) * 4
+    gu[0, 0, :5] = torch.tensor([95.0, -95.0, 0.0, -30.0, 200.0])  # beyond exp's range both ways
+    gh = torch.randn(3, 37, 50, generator=g)
+    x = gu.clone().requires_grad_()
+    h = native_ops.swiglu(x)
+    assert type(h.grad_fn).__name__ == "_SwiGLUBackward"
+    gate, up = gu.chunk(2, dim=-1)
+    assert torch.equal(h, F.silu(gate) * up)
+    h.backward(gh)
+    x64 = gu.double().requires_grad_()
+    g64, u64 = x64.chunk(2, dim=-1)
+    (F.silu(g64) * u64).backward(gh.double())
+    assert torch.allclose(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 7, 130])  # 130 x 3 rows x 384 takes the threaded path
+def test_rope_on_the_qkv_output_is_apply_rope_bit_for_bit(T):
+    """native_ops.rope reads q and k in place from the projection's output [B, T, (H + 2 KV) hd]
+    and gives apply_rope's values, and its gradient is autograd's through apply_rope, bit for bit."""
+    B, H, KV, hd = 3, 4, 2, 64
+    cos, sin = rope_tables(hd, 256, 10000.0)
+    cos, sin = cos[:T], sin[:T]
+    qkv = torch.randn(B, T, (H + 2 * KV) * hd, generator=torch.Generator().manual_seed(7))
+    x = qkv.clone().requires_grad_()
+    out = native_ops.rope(x[..., : (H + KV) * hd], cos, sin, hd)
+    ref_in = qkv.clone().requires_grad_()
+    heads = ref_in[..., : (H + KV) * hd].view(B, T, H + KV, hd).transpose(1, 2)
+    ref = apply_rope(heads, cos, sin)
+    assert torch.equal(out, ref.transpose(1, 2).reshape(B, T, -1))
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(8))
+    out.backward(g)
+    ref.backward(g.view(B, T, H + KV, hd).transpose(1, 2))
+    assert torch.equal(x.grad, ref_in.grad)  # v's columns get zeros on both sides
+
+
 def test_a_models_loss_and_gradients_match_the_pytorch_path(torch_path):
-    """The whole tiny model: the same loss bit for bit (the forward, roundings included, is
-    unchanged), gradients to float rounding (the norms' backward sums in another order)."""
+    """The whole tiny model: the same hidden states bit for bit (the forward, roundings included, is
+    unchanged), the loss and the gradients to float rounding (the norms', SwiGLU's and the loss's
+    backward and the loss's sums run in another order)."""
     cfg = load_config("configs/models/tiny.toml")
     torch.manual_seed(0)
     model = GPT(cfg.model)
@@ -114,13 +154,16 @@ def test_a_models_loss_and_gradients_match_the_pytorch_path(torch_path):
 
     def grads():
         model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            h, mtp = model.hidden_with_mtp(tokens[:, :-1])
         loss, _ = compute_loss(model, tokens, 0.01, 0.2)
         loss.backward()
-        return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+        return [h, *mtp], loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
-    loss_native, g_native = grads()
-    loss_torch, g_torch = torch_path(grads)
-    assert torch.equal(loss_native, loss_torch)
+    h_native, loss_native, g_native = grads()
+    h_torch, loss_torch, g_torch = torch_path(grads)
+    assert all(torch.equal(a, b) for a, b in zip(h_native, h_torch, strict=True))
+    assert torch.allclose(loss_native, loss_torch, rtol=1e-6, atol=0)
     for name, g in g_torch.items():
         err = (g_native[name] - g).norm().item()
         assert err <= 1e-5 * g.norm().item() + 1e-7, (name, err, g.norm().item())

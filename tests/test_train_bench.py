@@ -34,14 +34,16 @@ def test_bench_train_json(tmp_path):
     assert set(result["ratios"]) == {"bitlinear_vs_dense", "mhc_n2_vs_n1", "mhc_n4_vs_n1"}
 
 
-def test_memory_estimate_within_20_percent_of_the_measured_peak(tmp_path):
+def test_memory_estimate_within_10_percent_of_the_measured_peak(tmp_path):
     """The tiny config at its own batch (4 x 128): memory_estimate.py's peak against the peak RSS
-    growth of each variant's fresh process (bench.py: freed tensors unmapped, RSS = live bytes)."""
+    growth of each variant's fresh process (bench.py: freed tensors unmapped, RSS = live bytes).
+    Measured within 1% here; the native loss (ce_entropy.py) keeps fewer logits than the PyTorch
+    one, and without counting that (native_loss) the estimate was 10% high."""
     result, _ = _bench(tmp_path, "--batch-size", "4", "--seq-length", "128")
     for name, v in result["variants"].items():
         assert v["peak_memory_mb"] > 20, name  # a real measurement, not an empty process
         assert abs(v["estimate_ratio"] - v["estimated_peak_mb"] / v["peak_memory_mb"]) < 0.01
-        assert 0.8 <= v["estimate_ratio"] <= 1.2, (name, v["estimated_peak_mb"], v["peak_memory_mb"])
+        assert 0.9 <= v["estimate_ratio"] <= 1.1, (name, v["estimated_peak_mb"], v["peak_memory_mb"])
 
 
 def test_newton_schulz_flops_count_each_matrix_from_its_short_side():

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nanochat_ternary.model import native_ops
 from nanochat_ternary.train.ce_entropy import cross_entropy_entropy
 
 
@@ -35,6 +36,50 @@ def test_values_and_gradients_equal_autograd_composition(with_entropy):
     assert torch.allclose(nll, rnll, rtol=1e-12) and torch.allclose(ent, rent, rtol=1e-12)
     assert torch.allclose(got, z.grad, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda t: cross_entropy_entropy(t, y, with_entropy), (z.detach().requires_grad_(),))
+
+
+class _Spy:
+    """The native library, recording which of its functions were called."""
+    def __init__(self, lib):
+        self.lib, self.called = lib, set()
+
+    def __getattr__(self, name):
+        self.called.add(name)
+        return getattr(self.lib, name)
+
+
+@pytest.mark.skipif(native_ops.library() is None, reason="no native kernels (no C compiler here)")
+@pytest.mark.parametrize("with_entropy", [True, False])
+def test_native_path_matches_float64_on_logits_spanning_more_than_exps_range(monkeypatch, with_entropy):
+    """float32 on the CPU takes nc_ce_fwd / nc_ce_bwd. Logits spread over ~500 (far beyond the -87
+    where e^x leaves float32's normal range), a vocabulary that is not a multiple of 16 lanes,
+    enough rows for the threaded path, a row whose target is its max: float64's values."""
+    spy = _Spy(native_ops.library())
+    monkeypatch.setattr(native_ops, "library", lambda: spy)
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(600, 1001, generator=g) * 60
+    y = torch.randint(0, 1001, (600,), generator=g)
+    y[3] = int(z[3].argmax())
+    x = z.clone().requires_grad_()
+    nll, ent = cross_entropy_entropy(x, y, with_entropy)
+    (0.7 * nll - 0.3 * ent).backward()
+    assert {"nc_ce_fwd", "nc_ce_bwd"} <= spy.called
+    z64 = z.double().requires_grad_()
+    rnll, rent = reference(z64, y, with_entropy)
+    (0.7 * rnll - 0.3 * rent).backward()
+    assert torch.allclose(nll.double(), rnll, rtol=1e-6) and torch.allclose(ent.double(), rent, rtol=1e-5, atol=1e-3)
+    assert torch.allclose(x.grad.double(), z64.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(native_ops.library() is None, reason="no native kernels (no C compiler here)")
+def test_native_path_keeps_a_nan_in_the_logits_visible():
+    z = torch.randn(4, 40)
+    z[2, 5] = float("nan")
+    nll, ent = cross_entropy_entropy(z, torch.tensor([0, 1, 2, 3]))
+    assert nll.isnan() and ent.isnan()
+    z[2, 5] = 0.0
+    nll, ent = cross_entropy_entropy(z, torch.tensor([0, 1, 2, 3]))
+    assert nll.isfinite() and ent.isfinite()
 
 
 def test_low_precision_logits_give_float32_sums_and_a_gradient_of_their_dtype():

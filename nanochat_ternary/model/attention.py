@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native_ops
 from .bitlinear import make_linear, shared_input_linear
 from .norm import RMSNorm
 from .rope import apply_rope
@@ -29,12 +30,18 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = shared_input_linear(x, [self.q_proj, self.k_proj, self.v_proj]).split(
-            [self.n_head * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
+        nq, nkv = self.n_head * self.head_dim, self.n_kv * self.head_dim
+        qkv = shared_input_linear(x, [self.q_proj, self.k_proj, self.v_proj])
+        if native_ops.usable(qkv, cos, sin):  # q and k rotated in one native pass, read in place
+            qk, v = qkv.split([nq + nkv, nkv], dim=-1)
+            q, k = native_ops.rope(qk, cos, sin, self.head_dim).split([nq, nkv], dim=-1)
+        else:
+            q, k, v = qkv.split([nq, nkv, nkv], dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if not native_ops.usable(qkv, cos, sin):
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.o_proj(self.sub_norm(y))

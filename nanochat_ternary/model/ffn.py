@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native_ops
 from .bitlinear import make_linear, shared_input_linear
 from .norm import RMSNorm
 
@@ -24,5 +25,8 @@ class SwiGLU(nn.Module):
         self.down_proj = make_linear(h, d, cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = shared_input_linear(x, [self.gate_proj, self.up_proj]).chunk(2, dim=-1)
+        gu = shared_input_linear(x, [self.gate_proj, self.up_proj])
+        if native_ops.usable(gu):
+            return self.down_proj(self.sub_norm(native_ops.swiglu(gu)))
+        gate, up = gu.chunk(2, dim=-1)
         return self.down_proj(self.sub_norm(F.silu(gate) * up))

@@ -27,6 +27,7 @@ import functools
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 _PLAIN = (torch.Tensor, nn.Parameter)
 
@@ -108,3 +109,58 @@ def ternary_fake(w: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch
         library().nc_ternary_fake(out_f, in_f, group_size or in_f, w.data_ptr(), scale.data_ptr(),
                                   int(not group_size), out.data_ptr())
     return out
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gu: torch.Tensor) -> torch.Tensor:
+        gate, up = gu.chunk(2, dim=-1)
+        ctx.save_for_backward(gu)
+        return F.silu(gate) * up  # PyTorch's own ops: the forward's bits are unchanged
+
+    @staticmethod
+    def backward(ctx, gh: torch.Tensor):
+        (gu,) = ctx.saved_tensors
+        gu, gh = gu.contiguous(), gh.contiguous()
+        n, d2 = _rows(gu)
+        dgu = torch.empty_like(gu)
+        if n:
+            library().nc_swiglu_bwd(n, d2 // 2, gu.data_ptr(), gh.data_ptr(), dgu.data_ptr())
+        return dgu
+
+
+def swiglu(gu: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gu = [gate | up] along the last dimension (the fused gate/up output):
+    PyTorch's forward, the backward in one native pass."""
+    return _SwiGLU.apply(gu)
+
+
+class _RoPE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.head_dim = head_dim
+        return _rope(x, cos, sin, head_dim, 1.0)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rope(g, cos, sin, ctx.head_dim, -1.0), None, None, None
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int, sign: float) -> torch.Tensor:
+    # rows may be strided (a column slice of the qkv projection), but not the values in a row
+    if x.stride(-1) != 1 or x.stride(0) != x.shape[1] * x.stride(1):
+        x = x.contiguous()
+    B, T, W = x.shape
+    out = x.new_empty(B, T, W)
+    if x.numel():
+        library().nc_rope(B * T, T, W, head_dim, x.data_ptr(), x.stride(1), cos.data_ptr(), sin.data_ptr(), sign,
+                          out.data_ptr())
+    return out
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """rope.apply_rope on x [B, T, heads * head_dim] (heads side by side, as the projections give
+    them; x may be a column slice of a wider tensor) with cos, sin [T, head_dim]: a new [B, T, W]."""
+    return _RoPE.apply(x, cos.contiguous(), sin.contiguous(), head_dim)

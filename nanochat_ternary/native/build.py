@@ -109,6 +109,14 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.nc_act_quant.restype = None
     lib.nc_ternary_fake.argtypes = [i, i, i, p, p, i, p]
     lib.nc_ternary_fake.restype = None
+    lib.nc_swiglu_bwd.argtypes = [i, i, p, p, p]
+    lib.nc_swiglu_bwd.restype = None
+    lib.nc_rope.argtypes = [i, i, i, i, p, ctypes.c_int64, p, p, f, p]
+    lib.nc_rope.restype = None
+    lib.nc_ce_fwd.argtypes = [i, i, p, p, p, p, p, p]
+    lib.nc_ce_fwd.restype = None
+    lib.nc_ce_bwd.argtypes = [i, i, p, p, p, p, p, f, f, p]
+    lib.nc_ce_bwd.restype = None
     lib.nc_isa.restype = ctypes.c_char_p
     lib.nc_cpu_features.restype = ctypes.c_int
     return lib

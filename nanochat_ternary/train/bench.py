@@ -43,6 +43,7 @@ import torch
 from ..config import Config
 from ..cpu_malloc import M_MMAP_THRESHOLD, mallopt
 from ..device import autocast, compile_trunk, resolve_device, setup_device
+from ..model import native_ops
 from ..model.gpt import GPT, count_params, flops_per_token
 from .bench_moe import moe_pair, moe_ratios
 from .loss import compute_loss
@@ -184,7 +185,9 @@ def estimated_peak_mb(cfg: Config, model_cfg, B: int, T: int, dev: torch.device)
     bf16 = cfg.hardware.dtype == "bfloat16" or (cfg.hardware.dtype == "auto" and dev.type == "cuda")
     variant = copy.deepcopy(cfg)
     variant.model = model_cfg
-    est = estimate_memory(variant, batch=B, seq=T, dtype="bfloat16" if bf16 else "float32", accumulating=False)
+    native = dev.type == "cpu" and not bf16 and native_ops.library() is not None  # ce_entropy.py's native loss
+    est = estimate_memory(variant, batch=B, seq=T, dtype="bfloat16" if bf16 else "float32", accumulating=False,
+                          native_loss=native)
     return est["bytes"]["peak"] / 2**20
 
 

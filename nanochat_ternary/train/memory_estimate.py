@@ -64,20 +64,26 @@ LOSS_CHUNK_TEMPS = 6
 # its exp for the entropy term), and those alive in one head's backward.
 FULL_LOGITS_SAVED = {"main": 2, "mtp": 1}
 FULL_LOGITS_BACKWARD = 3
+# The same counts where the loss is native (CPU, float32: ce_entropy.py's nc_ce_fwd / nc_ce_bwd):
+# each head saves its logits only, and a backward adds their gradient.
+NATIVE_CHUNK_TEMPS, NATIVE_SAVED, NATIVE_BACKWARD = 2, 1, 1
 # Float32 copies of one matrix alive in Muon's step: the Nesterov update, its normalised copy,
 # the polynomial times x, and the new x (muon.py newton_schulz); for a stack of same-shape
 # matrices (muon.stack_plan) one more: the updates and their stacked copy are both alive.
 MUON_TEMPS = 4
 
 
-def _loss_bytes(m, B: int, T: int, elem: int, full_logits: bool) -> int:
+def _loss_bytes(m, B: int, T: int, elem: int, full_logits: bool, native: bool = False) -> int:
     n_heads = 1 + (m.mtp_n_tokens if m.use_mtp else 0)
     inputs = (2 * n_heads - 1) * B * T * m.hidden_dim * elem  # hidden states, MTP shifted copies
     if full_logits or B * T <= default_chunk_tokens(m.vocab_size):  # one chunk: not checkpointed
-        saved = FULL_LOGITS_SAVED["main"] + (n_heads - 1) * FULL_LOGITS_SAVED["mtp"]
-        return inputs + (saved + FULL_LOGITS_BACKWARD) * B * T * m.vocab_size * 4
+        if native:
+            saved, backward = n_heads * NATIVE_SAVED, NATIVE_BACKWARD
+        else:
+            saved, backward = FULL_LOGITS_SAVED["main"] + (n_heads - 1) * FULL_LOGITS_SAVED["mtp"], FULL_LOGITS_BACKWARD
+        return inputs + (saved + backward) * B * T * m.vocab_size * 4
     chunk = min(default_chunk_tokens(m.vocab_size), B * T)
-    return inputs + LOSS_CHUNK_TEMPS * chunk * m.vocab_size * 4
+    return inputs + (NATIVE_CHUNK_TEMPS if native else LOSS_CHUNK_TEMPS) * chunk * m.vocab_size * 4
 
 
 def _phases(acts: dict, block_grads: list[int], head_grads: int, embed_grad: int, grads: int, loss: int,
@@ -96,13 +102,14 @@ def _phases(acts: dict, block_grads: list[int], head_grads: int, embed_grad: int
 
 def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = None, dtype: str | None = None,
                     gradient_checkpointing: bool | None = None, use_8bit_optim: bool | None = None,
-                    full_logits: bool = False, accumulating: bool | None = None) -> dict:
+                    full_logits: bool = False, accumulating: bool | None = None, native_loss: bool = False) -> dict:
     """Expected peak training memory (bytes and GiB) of `cfg` on one device; arguments override
     the config. `batch`: rows per forward (default: training.micro_batch_size, or the whole
     training.batch_size when it is 0 or larger). `accumulating`: gradients of earlier micro-batches held
     (default: when those rows are fewer than training.batch_size). `dtype`: float32 or bfloat16
     (default: bfloat16 for hardware.dtype auto, the CUDA path). `full_logits`: the loss without
-    chunking (chunk_tokens 0)."""
+    chunking (chunk_tokens 0). `native_loss`: the loss runs the native kernels (a float32 step on the
+    CPU), which keep fewer [tokens, V] tensors."""
     m, t = cfg.model, cfg.training
     B, T = batch or accumulation_steps(t.batch_size, t.micro_batch_size, 1)[0], seq or t.seq_length
     if dtype is None:
@@ -120,7 +127,7 @@ def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = Non
     acts = trace_activations(copy.deepcopy(model).to(act_dtype), B, T, act_dtype)
     block_grads = [4 * sum(p.numel() for p in b.parameters()) for b in model.blocks]
     head_grads = 4 * P - sum(block_grads)
-    loss = _loss_bytes(m, B, T, torch.finfo(act_dtype).bits // 8, full_logits)
+    loss = _loss_bytes(m, B, T, torch.finfo(act_dtype).bits // 8, full_logits, native_loss and dtype == "float32")
     dequant = 1 if eight_bit else 0
     stacks = [[muon[i].numel() for i in idx] for idx in stack_plan([tuple(p.shape) for p in muon])]
     muon_step = max(((MUON_TEMPS + dequant + (len(s) > 1)) * sum(s) for s in stacks), default=0)
