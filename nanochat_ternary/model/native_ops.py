@@ -1,5 +1,5 @@
-"""The training step's row-wise ops as single native calls: RMSNorm's backward and the BitLinear
-activation and weight fake quantisers (C in native/csrc/nc_train.c).
+"""The training step's row-wise ops as single native calls: RMSNorm's backward, SwiGLU's backward,
+RoPE, and the BitLinear activation and weight fake quantisers (C in native/csrc/nc_train.c).
 
 Why: at the tiny config's widths a CPU training step is ~3,500 PyTorch ops and the ones that are
 not matmuls cost mostly their per-op overhead. nn.RMSNorm's CPU path is a pow/mean/add/rsqrt/mul
@@ -13,7 +13,12 @@ What the C path computes:
     analytic one in one call,
       gx = r * (g * w) - x * r^3 * sum(g * w * x) / D,   gw = sum over rows of g * x * r,
     with r = 1 / sqrt(mean(x^2) + eps), saving only x and r (nn.RMSNorm's graph keeps more); its
-    gradients differ from autograd's by float summation order only (tests: 1e-6 relative).
+    gradients differ from autograd's by float summation order only (tests: 1e-6 relative);
+  - SwiGLU (ffn.py): the forward is PyTorch's silu(gate) * up; the backward reads the fused
+    gate/up output once and writes both gradients (autograd ran silu_backward and two products,
+    and PyTorch's CPU exp leaves its vector path for large |gate|);
+  - RoPE (attention.py): q and k rotated together, read in place from the qkv projection's output;
+    forward and backward are bit for bit apply_rope and its autograd gradient (tests).
 
 It runs only where it computes what PyTorch would: float32 tensors on the CPU, outside autocast,
 plain tensors (not DTensor shards or fakes), with the library built, and not while torch.compile
