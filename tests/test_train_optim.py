@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from nanochat_ternary.config import TrainingConfig
+from nanochat_ternary.model import native_ops
 from nanochat_ternary.train.lion import Lion
 import nanochat_ternary.train.muon as muon_mod
 from nanochat_ternary.train.muon import Muon, newton_schulz, newton_schulz_stacked, ns_dtype, stack_plan
@@ -71,6 +72,51 @@ def test_muon_steps_a_stack_like_its_matrices_one_by_one():
             o.step()
     for p, a in zip(ps, alone):
         torch.testing.assert_close(p.detach(), a.detach(), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(native_ops.library() is None, reason="no native kernels (no C compiler here)")
+@pytest.mark.parametrize("kw", [dict(momentum=0.95, weight_decay=0.01), dict(momentum=0.9, nesterov=False)])
+def test_muon_native_passes_give_the_pytorch_paths_bits(monkeypatch, kw):
+    """On the CPU in float32 each stack's momentum, look-ahead, stacking, decay and update run as
+    nc_muon_pre / nc_muon_post: four steps give the PyTorch path's parameters bit for bit, for
+    tall (transposed into the stack), wide and square matrices, a stack of one, and sizes that are
+    not multiples of the kernels' 16 x 64 tiles."""
+    shapes = ((512, 256), (512, 256), (256, 512), (72, 40), (40, 72), (33, 17))
+
+    def run(native):
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(*s)) for s in shapes]
+        opt = Muon(ps, lr=0.05, **kw)
+        gen = torch.Generator().manual_seed(1)
+        with monkeypatch.context() as m:
+            calls = []
+            if native:
+                m.setattr(Muon, "_native_stack_step", lambda self, st, g: calls.append(len(st)) or real(self, st, g))
+            else:
+                m.setattr(Muon, "_native_ok", staticmethod(lambda *a: False))
+            for _ in range(4):
+                for p in ps:
+                    p.grad = torch.randn(p.shape, generator=gen)
+                opt.step()
+        return [p.detach() for p in ps], calls
+
+    real = Muon._native_stack_step
+    native, calls = run(True)
+    assert sorted(calls) == sorted([3, 2, 1] * 4)  # stacks: the 512 x 256 family, 72 x 40 with 40 x 72, 33 x 17
+    torch_path, _ = run(False)
+    # PyTorch's vector kernels fuse lerp's multiply-add as the native passes do; its scalar ones
+    # (ATEN_CPU_CAPABILITY=default) round twice, and a bf16 Newton-Schulz can amplify that one ulp
+    vector_kernels = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+    tol = 2e-3 if ns_dtype(torch.device("cpu")) == torch.bfloat16 else 1e-5
+    for a, b in zip(native, torch_path):
+        assert torch.equal(a, b) if vector_kernels else torch.allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_muon_with_8bit_momentum_keeps_the_pytorch_path(monkeypatch):
+    p = nn.Parameter(torch.randn(64, 32))
+    monkeypatch.setattr(Muon, "_native_stack_step", lambda *a: pytest.fail("the native path ran with 8-bit states"))
+    p.grad = torch.randn(64, 32)
+    Muon([p], lr=0.05, eight_bit=True).step()
 
 
 def test_muon_first_step_matches_formula():

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 SRC_DIR = Path(__file__).parent / "csrc"
-SOURCES = ("nc_cpu.c", "nc_ternary.c", "nc_amx.c", "nc_dense.c", "nc_attention.c", "nc_trunk.c", "nc_train.c")
+SOURCES = ("nc_cpu.c", "nc_ternary.c", "nc_amx.c", "nc_dense.c", "nc_attention.c", "nc_trunk.c", "nc_train.c", "nc_muon.c")
 HEADERS = ("nc_common.h",)
 # -ffp-contract=off: no FMA contraction, so every build rounds alike (the same bits on every ISA);
 # -fno-trapping-math: nothing here reads floating-point exception flags, and without it GCC 12
@@ -113,6 +113,10 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.nc_swiglu_bwd.restype = None
     lib.nc_rope.argtypes = [i, i, i, i, p, ctypes.c_int64, p, p, f, p]
     lib.nc_rope.restype = None
+    lib.nc_muon_pre.argtypes = [i, i, p, p, f, f, i, i, i, p]
+    lib.nc_muon_pre.restype = None
+    lib.nc_muon_post.argtypes = [i, i, p, p, i, i, f, f]
+    lib.nc_muon_post.restype = None
     lib.nc_ce_fwd.argtypes = [i, i, p, p, p, p, p, p]
     lib.nc_ce_fwd.restype = None
     lib.nc_ce_bwd.argtypes = [i, i, p, p, p, p, p, f, f, p]

