@@ -93,7 +93,7 @@ def test_muon_native_passes_give_the_pytorch_paths_bits(monkeypatch, kw):
             if native:
                 m.setattr(Muon, "_native_stack_step", lambda self, st, g: calls.append(len(st)) or real(self, st, g))
             else:
-                m.setattr(Muon, "_native_ok", staticmethod(lambda *a: False))
+                m.setattr(Muon, "_native_ok", lambda *a: False)
             for _ in range(4):
                 for p in ps:
                     p.grad = torch.randn(p.shape, generator=gen)

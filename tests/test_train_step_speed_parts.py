@@ -82,6 +82,14 @@ def test_native_path_keeps_a_nan_in_the_logits_visible():
     assert nll.isfinite() and ent.isfinite()
 
 
+@pytest.mark.skipif(native_ops.library() is None, reason="no native kernels (no C compiler here)")
+def test_a_target_outside_the_vocabulary_is_an_error_that_names_it():
+    """The native path reads the target's logit unchecked in C, so it checks the targets first."""
+    for bad in (-1, 40):
+        with pytest.raises(IndexError, match=r"\[0, 40\)"):
+            cross_entropy_entropy(torch.randn(3, 40), torch.tensor([0, bad, 2]))
+
+
 def test_low_precision_logits_give_float32_sums_and_a_gradient_of_their_dtype():
     torch.manual_seed(1)
     z = torch.randn(8, 64).bfloat16().requires_grad_()

@@ -32,7 +32,8 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         nq, nkv = self.n_head * self.head_dim, self.n_kv * self.head_dim
         qkv = shared_input_linear(x, [self.q_proj, self.k_proj, self.v_proj])
-        if native_ops.usable(qkv, cos, sin):  # q and k rotated in one native pass, read in place
+        native = native_ops.usable(qkv, cos, sin)
+        if native:  # q and k rotated in one native pass, read in place
             qk, v = qkv.split([nq + nkv, nkv], dim=-1)
             q, k = native_ops.rope(qk, cos, sin, self.head_dim).split([nq, nkv], dim=-1)
         else:
@@ -40,7 +41,7 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        if not native_ops.usable(qkv, cos, sin):
+        if not native:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, -1)

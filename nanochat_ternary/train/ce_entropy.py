@@ -58,6 +58,8 @@ class _CrossEntropyEntropy(torch.autograd.Function):
 def _native_forward(ctx, logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool):
     z, y = logits.detach().contiguous(), targets.contiguous().to(torch.int64)
     n, v = z.shape
+    if n and (int(y.min()) < 0 or int(y.max()) >= v):  # the C reads z[row, target] unchecked
+        raise IndexError(f"cross-entropy targets must be in [0, {v}), got {int(y.min())}..{int(y.max())}")
     rows = torch.empty(4 if with_entropy else 3, n)  # max, log-sum-exp of the shifted row, nll, entropy
     if n:
         native_ops.library().nc_ce_fwd(n, v, z.data_ptr(), y.data_ptr(), rows[0].data_ptr(), rows[1].data_ptr(),

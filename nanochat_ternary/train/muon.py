@@ -177,20 +177,20 @@ class Muon(torch.optim.Optimizer):
                     p.add_(ortho.to(p.dtype) if isinstance(ortho, DTensor) else ortho, alpha=-lr * scale)
         return loss
 
-    @staticmethod
-    def _native_ok(stack: list[Tensor], group: dict) -> bool:
-        """Whether the native passes apply: plain contiguous float32 CPU parameters and gradients,
-        momentum kept in float32 (not 8-bit)."""
-        return not group.get("eight_bit", False) and all(
-            p.is_contiguous() and p.grad.is_contiguous() and not p.grad.is_sparse and native_ops.usable(p, p.grad)
-            for p in stack)
+    def _native_ok(self, stack: list[Tensor], group: dict) -> bool:
+        """Whether the native passes apply: plain contiguous float32 CPU parameters, gradients and
+        momentum buffers (not 8-bit ones)."""
+        def fits(p: Tensor) -> bool:
+            buf = self.state[p].get("momentum_buffer")
+            return (p.is_contiguous() and p.grad.is_contiguous() and not p.grad.is_sparse and native_ops.usable(p, p.grad)
+                    and (buf is None or (buf.dtype == torch.float32 and buf.is_contiguous() and native_ops.usable(buf))))
+        return not group.get("eight_bit", False) and all(fits(p) for p in stack)
 
     def _native_stack_step(self, stack: list[Tensor], group: dict) -> None:
-        """The step of one stack with the native passes around Newton-Schulz (native/csrc/nc_train.c
-        nc_muon_pre / nc_muon_post): momentum, Nesterov look-ahead and the copy into the stack in
-        one pass per parameter, then decay and update in one. The same arithmetic as the PyTorch
-        path below, so the same bits (tests); it saves the per-op passes (2.6 ms of the tiny
-        config's 9 ms step, now 0.7)."""
+        """The step of one stack with the native passes around Newton-Schulz (native/csrc/nc_muon.c):
+        momentum, Nesterov look-ahead and the copy into the stack in one pass per parameter, then
+        decay and update in one. The same arithmetic as the PyTorch path below, so the same bits
+        (tests); the tiny config's Muon step went 9.1 -> 7.8 ms."""
         lib, beta, lr, wd = native_ops.library(), group["momentum"], group["lr"], group["weight_decay"]
         x = torch.empty((len(stack), *oriented(tuple(stack[0].shape))), dtype=ns_dtype(stack[0].device))
         bf16 = int(x.dtype == torch.bfloat16)
