@@ -5,6 +5,7 @@ The real script runs 1000 steps and checks the compile rate; this runs every sta
 broken joint between stages fails the suite.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,3 +30,6 @@ def test_validate_e2e_short(tmp_path):
     assert "compile rate:" in out and "chat compile rate:" in out and "e2e: all stages passed" in out
     assert (tmp_path / "run/export/model.gguf").exists() and (tmp_path / "run/quality.json").exists()
     assert (tmp_path / "run/tensorboard").is_dir() and (tmp_path / "run/sft/tensorboard").is_dir()
+    # the SFT recipe the script chose (README, "The end-to-end check"): half of each step's rows pretraining data
+    sft = json.loads((tmp_path / "run/sft/sft.json").read_text())
+    assert (sft["batch_size"], sft["pretrain_mix"], sft["steps"]) == (8, 0.5, 4)
