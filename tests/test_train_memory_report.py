@@ -109,3 +109,42 @@ def test_text_report_prints_the_phases_and_the_verdict():
     assert proc.returncode == 0, proc.stderr
     for text in ("loss phase", "blocks phase", "optimizer phase", "<- peak", "user's budget 4 GB: fits", "accumulating 2 micro-batches"):
         assert text in proc.stdout, text
+
+
+@pytest.mark.skipif(__import__("nanochat_ternary.model.native_ops", fromlist=["library"]).library() is None,
+                    reason="no native kernels (no C compiler here)")
+@pytest.mark.parametrize("streams", [1, 2])
+def test_native_trace_counts_what_a_cpu_forward_saves(streams):
+    """activation_trace.py with `native` counts the tensors a real float32 CPU forward saves (the
+    native ops' autograd Functions, the CPU flash kernel reading k / v unexpanded), storage by
+    storage; the PyTorch graph it counts otherwise keeps more."""
+    import torch
+
+    from nanochat_ternary.model.gpt import GPT
+    from nanochat_ternary.train.activation_trace import trace_activations
+
+    cfg = load_config("configs/models/tiny.toml")
+    cfg.model.mhc_n_streams = streams
+    model = GPT(cfg.model)
+    model.init_weights(0)
+    model.train()
+    skip = {p.untyped_storage()._cdata for p in model.parameters()}
+    skip |= {t.untyped_storage()._cdata for t in (model.rope_cos, model.rope_sin)}
+    sizes = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s._cdata not in skip and t.dtype.is_floating_point:  # token ids are not activations
+            sizes[s._cdata] = max(sizes.get(s._cdata, 0), s.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.forward_with_mtp(torch.randint(0, cfg.model.vocab_size, (4, 128)))
+    with torch.device("meta"):
+        meta = GPT(cfg.model)
+    meta.train()
+    traced = {native: trace_activations(meta, 4, 128, torch.float32, native) for native in (True, False)}
+    total = {k: sum(b.total for b in v["blocks"]) + v["heads"].total for k, v in traced.items()}
+    real = sum(sizes.values())
+    assert abs(total[True] - real) < 0.05 * real
+    assert total[False] > 1.1 * real

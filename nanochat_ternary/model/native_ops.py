@@ -28,6 +28,7 @@ use their PyTorch ops.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -45,10 +46,28 @@ def library():
     return native_library()
 
 
+# Set by meta_trace(): meta tensors take the C path's graph (what it saves), without its calls.
+_META_TRACE = False
+
+
+@contextlib.contextmanager
+def meta_trace():
+    """Meta float32 tensors count as usable, and the C calls are skipped (their outputs stay
+    empty): train/activation_trace.py counts what a CPU step saves, which with these autograd
+    Functions is less than the PyTorch ops' graph (the tiny config: 25 vs 33 MB)."""
+    global _META_TRACE
+    _META_TRACE = True
+    try:
+        yield
+    finally:
+        _META_TRACE = False
+
+
 def usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the C path applies to these tensors (None entries are ignored)."""
+    devices = ("cpu", "meta") if _META_TRACE else ("cpu",)
     for t in tensors:
-        if t is not None and (type(t) not in _PLAIN or t.device.type != "cpu" or t.dtype != torch.float32):
+        if t is not None and (type(t) not in _PLAIN or t.device.type not in devices or t.dtype != torch.float32):
             return False
     # under torch.compile the PyTorch ops are traced (and fused by the compiler) instead
     return not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and library() is not None
@@ -57,6 +76,11 @@ def usable(*tensors: torch.Tensor | None) -> bool:
 def _rows(x: torch.Tensor) -> tuple[int, int]:
     d = x.shape[-1]
     return x.numel() // d if d else 0, d
+
+
+def _calls(x: torch.Tensor) -> bool:
+    """Whether to run the C call on x: it has elements and data (not a meta_trace tensor)."""
+    return x.numel() > 0 and not x.is_meta
 
 
 def _ptr(t: torch.Tensor | None):
@@ -98,7 +122,7 @@ def quantize_activation(x: torch.Tensor, bits: int, eps: float) -> torch.Tensor:
     x = x.detach().contiguous()
     n, d = _rows(x)
     out = torch.empty_like(x)
-    if n:
+    if _calls(x):
         library().nc_act_quant(n, d, x.data_ptr(), float(2 ** (bits - 1) - 1), eps, out.data_ptr())
     return out
 
@@ -110,7 +134,7 @@ def ternary_fake(w: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch
     out_f, in_f = w.shape
     scale = scale.detach().contiguous()
     out = torch.empty_like(w)
-    if w.numel():
+    if _calls(w):
         library().nc_ternary_fake(out_f, in_f, group_size or in_f, w.data_ptr(), scale.data_ptr(),
                                   int(not group_size), out.data_ptr())
     return out
@@ -159,7 +183,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int, 
         x = x.contiguous()
     B, T, W = x.shape
     out = x.new_empty(B, T, W)
-    if x.numel():
+    if _calls(x):
         library().nc_rope(B * T, T, W, head_dim, x.data_ptr(), x.stride(1), cos.data_ptr(), sin.data_ptr(), sign,
                           out.data_ptr())
     return out

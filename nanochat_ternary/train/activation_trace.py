@@ -12,6 +12,9 @@ here. Corrections to that trace:
   T x T attention matrix that no real kernel (flash / memory-efficient, on CPU and CUDA) keeps;
   the trace runs the flash kernel's meta function instead (output + log-sum-exp).
 - With bf16 autocast (CUDA) most saved tensors are bf16: the trace then runs the model in bf16.
+- A float32 CPU step runs model/native_ops.py's autograd Functions, which save less than the
+  PyTorch ops (the tiny config: 25 MB against 33): with `native` the trace takes their graph
+  (native_ops.meta_trace), and the CPU flash kernel's GQA reads k / v unexpanded.
 - MoE routing is data-dependent (per-expert counts), which meta tensors cannot give: the trace
   runs each MoE layer with balanced routing, N k / E rows per expert (what the load-balancing
   loss aims at; capacity lets one expert take up to expert_capacity_factor times that).
@@ -20,11 +23,13 @@ here. Corrections to that trace:
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..model import native_ops
 from ..model.gpt import GPT
 
 
@@ -36,16 +41,18 @@ class Saved:
     largest: int = 0
 
 
-def _flash_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """What a fused SDPA kernel saves (out, log-sum-exp), in meta shapes; k/v expanded for GQA."""
-    if enable_gqa and k.shape[-3] != q.shape[-3]:
+def _flash_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+                expand_gqa=True):
+    """What a fused SDPA kernel saves (out, log-sum-exp), in meta shapes; k/v expanded for GQA
+    unless the kernel reads them as they are (`expand_gqa` False: the CPU one)."""
+    if expand_gqa and enable_gqa and k.shape[-3] != q.shape[-3]:
         rep = q.shape[-3] // k.shape[-3]
         k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=is_causal)[0]
 
 
 @contextlib.contextmanager
-def _saved_bytes_counter(sizes: dict, exclude: set):
+def _saved_bytes_counter(sizes: dict, exclude: set, native: bool):
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
         if storage._cdata not in exclude:
@@ -53,9 +60,10 @@ def _saved_bytes_counter(sizes: dict, exclude: set):
         return t
 
     real_sdpa = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _flash_sdpa
+    F.scaled_dot_product_attention = functools.partial(_flash_sdpa, expand_gqa=not native)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                native_ops.meta_trace() if native else contextlib.nullcontext():
             yield
     finally:
         F.scaled_dot_product_attention = real_sdpa
@@ -89,16 +97,17 @@ def _meta_moe():
         MoE.forward = real
 
 
-def _traced(fn, exclude: set, *args) -> tuple[Saved, object]:
+def _traced(fn, exclude: set, native: bool, *args) -> tuple[Saved, object]:
     sizes: dict = {}
-    with _saved_bytes_counter(sizes, exclude), _meta_moe():
+    with _saved_bytes_counter(sizes, exclude, native), _meta_moe():
         out = fn(*args)
     return Saved(sum(sizes.values()), max(sizes.values(), default=0)), out
 
 
-def trace_activations(model: GPT, batch: int, seq: int, dtype: torch.dtype) -> dict:
+def trace_activations(model: GPT, batch: int, seq: int, dtype: torch.dtype, native: bool = False) -> dict:
     """{"blocks": [Saved per block], "block_input": bytes of one block's input, "heads": Saved of
-    the final norm and the MTP heads}. `model` is on the meta device, in `dtype`, in train mode."""
+    the final norm and the MTP heads}. `model` is on the meta device, in `dtype`, in train mode.
+    `native`: the graph of a float32 CPU step with the native kernels."""
     cfg = model.cfg
     n, D = cfg.mhc_n_streams, cfg.hidden_dim
     x = torch.zeros((n, batch, seq, D) if n > 1 else (batch, seq, D), device="meta", dtype=dtype, requires_grad=True)
@@ -112,8 +121,8 @@ def trace_activations(model: GPT, batch: int, seq: int, dtype: torch.dtype) -> d
         # ops run through Python references, ~1 ms each, so a 28-layer MoE would take ~30 s)
         kind = (type(block.attn), type(block.ffn))
         if kind not in by_kind:
-            by_kind[kind], x = _traced(block, exclude, x, cos, sin)
+            by_kind[kind], x = _traced(block, exclude, native, x, cos, sin)
         per_block.append(by_kind[kind])
     z = x.mean(dim=0) if n > 1 else x
-    heads, _ = _traced(lambda z: [model.norm(z)] + [m(z) for m in model.mtp], exclude, z)
+    heads, _ = _traced(lambda z: [model.norm(z)] + [m(z) for m in model.mtp], exclude, native, z)
     return {"blocks": per_block, "block_input": x.numel() * x.element_size(), "heads": heads}

@@ -23,8 +23,8 @@ process held before the model was built.
 - CUDA: the allocator's peak (`max_memory_allocated`) over the variant's warm-up steps, minus
   what the other variants' tensors hold (all are built up front).
 - CPU: each variant runs two steps in a fresh process (the allocator of a process that already
-  ran other variants would hide their memory), after one step of a 1-layer copy has loaded the
-  libraries and thread pools (the baseline RSS, ~300 MB for torch); the figure is that process's
+  ran other variants would hide their memory), after one step of a copy of it has loaded the
+  libraries and thread pools and filled their caches (the baseline RSS, ~300 MB for torch); the figure is that process's
   peak RSS (reset after the warm-up) minus its RSS before the model was built. glibc's malloc
   would keep freed tensors' pages once its mmap threshold has risen (it grows to 32 MB as large
   blocks are freed), which made RSS 1.8x the live bytes on the tiny config; the child fixes the
@@ -78,15 +78,16 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _warm_up(model_cfg, tcfg, use_bf16: bool) -> None:
-    """One step of a 1-layer, 8-token copy: loads the kernels' libraries and thread pools, which
-    belong to the process and not to the variant measured."""
-    import dataclasses
-
-    small = dataclasses.replace(model_cfg, num_layers=1, vocab_size=min(model_cfg.vocab_size, 512))
-    model = GPT(small)
+def _warm_up(model_cfg, tcfg, B: int, T: int, use_bf16: bool) -> None:
+    """One step of a copy of the variant at its own shapes: loads the kernels' libraries and thread
+    pools and fills their per-shape caches and work buffers (MKL's packing buffers, oneDNN's
+    kernels for a bf16 Newton-Schulz), which belong to the process and not to the variant, and
+    which would otherwise count in its growth as much or as little as the CPU's library path
+    keeps (one CPU kind grew 8 MB more than another for the same tensors)."""
+    model = GPT(model_cfg)
     model.gradient_checkpointing = tcfg.gradient_checkpointing
-    _step(model, build_optimizers(model, tcfg), torch.randint(0, small.vocab_size, (1, 9)), tcfg, _cpu_dtype(use_bf16))
+    _step(model, build_optimizers(model, tcfg), torch.randint(0, model_cfg.vocab_size, (B, T + 1)), tcfg,
+          _cpu_dtype(use_bf16))
 
 
 def _unmap_freed_tensors() -> None:
@@ -152,7 +153,7 @@ def _child_peak(model_cfg: dict, training_cfg: dict, B: int, T: int, use_bf16: b
     _unmap_freed_tensors()
     torch.set_flush_denormal(True)
     tcfg = TrainingConfig(**training_cfg)
-    _warm_up(ModelConfig(**model_cfg), tcfg, use_bf16)
+    _warm_up(ModelConfig(**model_cfg), tcfg, B, T, use_bf16)
     _reset_peak_rss()
     before = _rss_kb("VmRSS")
     model = GPT(ModelConfig(**model_cfg))
@@ -185,9 +186,9 @@ def estimated_peak_mb(cfg: Config, model_cfg, B: int, T: int, dev: torch.device)
     bf16 = cfg.hardware.dtype == "bfloat16" or (cfg.hardware.dtype == "auto" and dev.type == "cuda")
     variant = copy.deepcopy(cfg)
     variant.model = model_cfg
-    native = dev.type == "cpu" and not bf16 and native_ops.library() is not None  # ce_entropy.py's native loss
+    native = dev.type == "cpu" and not bf16 and native_ops.library() is not None  # native_ops.py, ce_entropy.py
     est = estimate_memory(variant, batch=B, seq=T, dtype="bfloat16" if bf16 else "float32", accumulating=False,
-                          native_loss=native)
+                          native=native)
     return est["bytes"]["peak"] / 2**20
 
 

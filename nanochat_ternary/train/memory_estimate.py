@@ -34,9 +34,9 @@ With gradient accumulation (micro-batches < the batch) the gradients of the earl
 are held through every phase, so each phase counts all of them.
 
 Checked against tensor bytes on CPU (`nanochat bench train`, whose child process returns freed
-tensors to the OS so that its RSS follows the live bytes): within 2% on the tiny config at
-4 x 128 (all four variants) and on nano at 1 x 512, with and without checkpointing (README,
-"Out of memory?").
+tensors to the OS so that its RSS follows the live bytes): 1.03-1.06x on the tiny config at
+4 x 128 (all four variants), on nano at 1 x 512 0.94x without checkpointing and 1.00-1.02x with
+it (README, "Out of memory?").
 """
 
 from __future__ import annotations
@@ -102,14 +102,16 @@ def _phases(acts: dict, block_grads: list[int], head_grads: int, embed_grad: int
 
 def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = None, dtype: str | None = None,
                     gradient_checkpointing: bool | None = None, use_8bit_optim: bool | None = None,
-                    full_logits: bool = False, accumulating: bool | None = None, native_loss: bool = False) -> dict:
+                    full_logits: bool = False, accumulating: bool | None = None, native: bool = False) -> dict:
     """Expected peak training memory (bytes and GiB) of `cfg` on one device; arguments override
     the config. `batch`: rows per forward (default: training.micro_batch_size, or the whole
     training.batch_size when it is 0 or larger). `accumulating`: gradients of earlier micro-batches held
     (default: when those rows are fewer than training.batch_size). `dtype`: float32 or bfloat16
     (default: bfloat16 for hardware.dtype auto, the CUDA path). `full_logits`: the loss without
-    chunking (chunk_tokens 0). `native_loss`: the loss runs the native kernels (a float32 step on the
-    CPU), which keep fewer [tokens, V] tensors."""
+    chunking (chunk_tokens 0). `native`: a float32 step on the CPU with the native kernels
+    (model/native_ops.py, train/ce_entropy.py), whose autograd Functions and loss keep fewer
+    tensors than the PyTorch ops.
+    """
     m, t = cfg.model, cfg.training
     B, T = batch or accumulation_steps(t.batch_size, t.micro_batch_size, 1)[0], seq or t.seq_length
     if dtype is None:
@@ -124,10 +126,11 @@ def estimate_memory(cfg: Config, batch: int | None = None, seq: int | None = Non
     P = sum(p.numel() for p in model.parameters())
     muon, lion = split_params(model)
     optimizer = sum(state8bit.state_bytes(p.numel(), eight_bit) for p in muon + lion)
-    acts = trace_activations(copy.deepcopy(model).to(act_dtype), B, T, act_dtype)
+    native = native and dtype == "float32"
+    acts = trace_activations(copy.deepcopy(model).to(act_dtype), B, T, act_dtype, native)
     block_grads = [4 * sum(p.numel() for p in b.parameters()) for b in model.blocks]
     head_grads = 4 * P - sum(block_grads)
-    loss = _loss_bytes(m, B, T, torch.finfo(act_dtype).bits // 8, full_logits, native_loss and dtype == "float32")
+    loss = _loss_bytes(m, B, T, torch.finfo(act_dtype).bits // 8, full_logits, native)
     dequant = 1 if eight_bit else 0
     stacks = [[muon[i].numel() for i in idx] for idx in stack_plan([tuple(p.shape) for p in muon])]
     muon_step = max(((MUON_TEMPS + dequant + (len(s) > 1)) * sum(s) for s in stacks), default=0)

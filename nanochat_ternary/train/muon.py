@@ -57,10 +57,11 @@ def newton_schulz(g: Tensor, steps: int = 5) -> Tensor:
     if g.ndim not in (2, 3):
         raise ValueError(f"newton_schulz expects a matrix or a stack of matrices, got shape {tuple(g.shape)}")
     a, b, c = NS_COEFFS
-    x = g.to(ns_dtype(g.device))
-    tall = x.size(-2) > x.size(-1)
-    if tall:
-        x = x.mT
+    tall = g.size(-2) > g.size(-1)
+    # a tall matrix is copied into the wide layout: matmul libraries round a transposed view's
+    # products differently on some CPUs (MKL on AMD Zen 3), and this keeps one matrix's bits equal
+    # to its slot in a stack (newton_schulz_stacked, nc_muon.c)
+    x = (g.mT if tall else g).contiguous().to(ns_dtype(g.device))
     x = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + 1e-7)
     fma = torch.addmm if x.ndim == 2 else torch.baddbmm
     for _ in range(steps):
