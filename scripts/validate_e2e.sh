@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end validation: train -> export -> serve -> API -> generation quality, on the embedded
-# synthetic Rust programs. Steps 2-7 take about two minutes on a 2-core laptop CPU.
+# synthetic Rust programs. Steps 2-7 take about two minutes on a 2-core AVX-512 CPU, three to
+# four on an AVX2 one (README, "The end-to-end check").
 #
 #   ./scripts/validate_e2e.sh [--steps N] [--min-compile-rate R] [--sft-steps N (0: none)] [--chats N]
 #                             [--min-chat-compile-rate R]
