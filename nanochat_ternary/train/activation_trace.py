@@ -13,7 +13,7 @@ here. Corrections to that trace:
   the trace runs the flash kernel's meta function instead (output + log-sum-exp).
 - With bf16 autocast (CUDA) most saved tensors are bf16: the trace then runs the model in bf16.
 - A float32 CPU step runs model/native_ops.py's autograd Functions, which save less than the
-  PyTorch ops (the tiny config: 25 MB against 33): with `native` the trace takes their graph
+  PyTorch ops (the tiny config: 24 MB against 32): with `native` the trace takes their graph
   (native_ops.meta_trace), and the CPU flash kernel's GQA reads k / v unexpanded.
 - MoE routing is data-dependent (per-expert counts), which meta tensors cannot give: the trace
   runs each MoE layer with balanced routing, N k / E rows per expert (what the load-balancing

@@ -24,12 +24,12 @@ process held before the model was built.
   what the other variants' tensors hold (all are built up front).
 - CPU: each variant runs two steps in a fresh process (the allocator of a process that already
   ran other variants would hide their memory), after one step of a copy of it has loaded the
-  libraries and thread pools and filled their caches (the baseline RSS, ~300 MB for torch); the figure is that process's
-  peak RSS (reset after the warm-up) minus its RSS before the model was built. glibc's malloc
-  would keep freed tensors' pages once its mmap threshold has risen (it grows to 32 MB as large
-  blocks are freed), which made RSS 1.8x the live bytes on the tiny config; the child fixes the
-  threshold at 64 KiB (mallopt), so every tensor is its own mapping, unmapped when freed, and
-  RSS follows the live tensor bytes, as the CUDA figure does.
+  libraries and thread pools and filled their caches (the baseline RSS, ~300 MB for torch); the
+  figure is that process's peak RSS (reset after the warm-up) minus its RSS before the model was
+  built. glibc's malloc would keep freed tensors' pages once its mmap threshold has risen (it
+  grows to 32 MB as large blocks are freed), which made RSS 1.8x the live bytes on the tiny
+  config; the child fixes the threshold at 64 KiB (mallopt), so every tensor is its own mapping,
+  unmapped when freed, and RSS follows the live tensor bytes, as the CUDA figure does.
 """
 
 from __future__ import annotations
