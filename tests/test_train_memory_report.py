@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from nanochat_ternary.config import load_config
+from nanochat_ternary.model import native_ops
 from nanochat_ternary.train.memory_estimate import estimate_memory
 
 
@@ -111,13 +112,12 @@ def test_text_report_prints_the_phases_and_the_verdict():
         assert text in proc.stdout, text
 
 
-@pytest.mark.skipif(__import__("nanochat_ternary.model.native_ops", fromlist=["library"]).library() is None,
-                    reason="no native kernels (no C compiler here)")
+@pytest.mark.skipif(native_ops.library() is None, reason="no native kernels (no C compiler here)")
 @pytest.mark.parametrize("streams", [1, 2])
 def test_native_trace_counts_what_a_cpu_forward_saves(streams):
     """activation_trace.py with `native` counts the tensors a real float32 CPU forward saves (the
-    native ops' autograd Functions, the CPU flash kernel reading k / v unexpanded), storage by
-    storage; the PyTorch graph it counts otherwise keeps more."""
+    native ops' autograd Functions, the CPU flash kernel reading k / v unexpanded) within 5% (here
+    28.1 vs 29.1 MB); the PyTorch graph it counts otherwise keeps over 10% more."""
     import torch
 
     from nanochat_ternary.model.gpt import GPT
