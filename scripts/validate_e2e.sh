@@ -77,10 +77,13 @@ summary() {
 setup() {
   VENV="$VENV" bash scripts/setup_venv.sh run || return 1
   command -v rustc >/dev/null || [ -x "$HOME/.cargo/bin/rustc" ] || { echo "rustc not found (needed for the compile check)"; return 1; }
-  # prepare the synthetic dataset now, so that step 2 times training alone
+  # build the native kernels (about 15 s once; cached by source) and prepare the synthetic dataset
+  # now, so that step 2 times training alone
   "$VENV/bin/python" -c "
 from nanochat_ternary.config import load_config
+from nanochat_ternary.native.build import backend_name, native_library
 from nanochat_ternary.train.data_source import resolve_data
+print('kernels:', backend_name(native_library()))
 cfg = load_config('configs/models/tiny.toml')
 print('dataset:', resolve_data('synthetic-small', cfg.model.vocab_size, cfg.training.seed))"
 }
