@@ -9,7 +9,7 @@ from helpers import make_tiny_gguf
 from nanochat_ternary.data.instruct import Pair, synthetic_pairs
 from nanochat_ternary.data.tokenizer import CHAT_TEMPLATE
 from nanochat_ternary.errors import DataError, NanochatError
-from nanochat_ternary.train.sft_data import IGNORE, ChatRows, chat_batch, encode_pair, template_for
+from nanochat_ternary.train.sft_data import IGNORE, ChatRows, chat_batch, encode_pair, encode_pairs, template_for
 
 PAIR = Pair("Write a Rust function `fn one() -> u32`.", "```rust\nfn one() -> u32 {\n    1\n}\n```", "one")
 
@@ -43,6 +43,26 @@ def test_targets_are_the_answer_and_its_stop_token_only(tmp_path):
     assert tok.decode(y[0][y[0] != IGNORE].tolist()) == (PAIR.assistant + "<|im_end|>") * k
     with pytest.raises(DataError, match="raise --seq-length"):
         ChatRows(tok, [PAIR], seq_len=8)
+
+
+def test_batch_encoding_gives_each_conversation_its_own_tokens():
+    """encode_pairs (the tokenizer's batch encoder over all conversations) keeps every
+    conversation's ids and mask with it: the same as rendering and encoding each one alone."""
+    from helpers import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    template = template_for(tok)
+    pairs = [PAIR] + synthetic_pairs(6, seed=3)
+    one_by_one = []
+    for pair in pairs:
+        messages = pair.messages()
+        prompt = template.render(messages[:-1], add_generation_prompt=True)
+        answer = tok.encode(template.render(messages, add_generation_prompt=False)[len(prompt):])
+        stop = len(answer) - answer[::-1].index(tok.im_end_id)
+        ids = [tok.bos_id] + tok.encode(prompt)
+        one_by_one.append((ids + answer, [0] * len(ids) + [1] * stop + [0] * (len(answer) - stop)))
+    batched = encode_pairs(tok, template, pairs)
+    assert batched == one_by_one and len({tuple(ids) for ids, _ in batched}) == len(pairs)
 
 
 @pytest.fixture

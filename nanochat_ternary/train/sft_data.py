@@ -36,17 +36,30 @@ def template_for(tok: Tokenizer) -> ChatTemplate:
 
 def encode_pair(tok: Tokenizer, template: ChatTemplate, pair: Pair) -> tuple[list[int], list[int]]:
     """(token ids, loss mask) of one conversation: [BOS] + prompt (mask 0) + answer (mask 1)."""
-    messages = pair.messages()
-    prompt = template.render(messages[:-1], add_generation_prompt=True)
-    full = template.render(messages, add_generation_prompt=False)
-    if not full.startswith(prompt):
-        raise DataError("chat template: a conversation does not extend its own generation prompt")
-    prompt_ids = [tok.bos_id] + tok.encode(prompt)
-    answer_ids = tok.encode(full[len(prompt):])
-    if tok.im_end_id not in answer_ids:
-        raise DataError("chat template: the rendered answer has no <|im_end|> token")
-    stop = len(answer_ids) - answer_ids[::-1].index(tok.im_end_id)  # through the last <|im_end|>
-    return prompt_ids + answer_ids, [0] * len(prompt_ids) + [1] * stop + [0] * (len(answer_ids) - stop)
+    return encode_pairs(tok, template, [pair])[0]
+
+
+def encode_pairs(tok: Tokenizer, template: ChatTemplate, pairs: list[Pair]) -> list[tuple[list[int], list[int]]]:
+    """encode_pair of each conversation. The texts go through the tokenizer's batch encoder, two
+    calls in all instead of two per conversation (4,000 SFT pairs: 1.5 s one by one)."""
+    parts = []
+    for pair in pairs:
+        messages = pair.messages()
+        prompt = template.render(messages[:-1], add_generation_prompt=True)
+        full = template.render(messages, add_generation_prompt=False)
+        if not full.startswith(prompt):
+            raise DataError("chat template: a conversation does not extend its own generation prompt")
+        parts.append((prompt, full[len(prompt):]))
+    prompts = tok.encode_batch([p for p, _ in parts])
+    answers = tok.encode_batch([a for _, a in parts])
+    out = []
+    for prompt_ids, answer_ids in zip(prompts, answers):
+        prompt_ids = [tok.bos_id] + prompt_ids
+        if tok.im_end_id not in answer_ids:
+            raise DataError("chat template: the rendered answer has no <|im_end|> token")
+        stop = len(answer_ids) - answer_ids[::-1].index(tok.im_end_id)  # through the last <|im_end|>
+        out.append((prompt_ids + answer_ids, [0] * len(prompt_ids) + [1] * stop + [0] * (len(answer_ids) - stop)))
+    return out
 
 
 class ChatRows:
@@ -54,7 +67,7 @@ class ChatRows:
 
     def __init__(self, tok: Tokenizer, pairs: list[Pair], seq_len: int, seed: int = 0):
         template = template_for(tok)
-        encoded = [encode_pair(tok, template, p) for p in pairs]
+        encoded = encode_pairs(tok, template, pairs)
         self.row_len = seq_len + 1
         self.convs = [c for c in encoded if len(c[0]) <= self.row_len]
         self.dropped = len(encoded) - len(self.convs)
