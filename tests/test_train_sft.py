@@ -47,20 +47,13 @@ def test_targets_are_the_answer_and_its_stop_token_only(tmp_path):
 
 def test_batch_encoding_gives_each_conversation_its_own_tokens():
     """encode_pairs (the tokenizer's batch encoder over all conversations) keeps every
-    conversation's ids and mask with it: the same as rendering and encoding each one alone."""
+    conversation's ids and mask with it: the same as encoding each one alone."""
     from helpers import tiny_tokenizer
 
     tok = tiny_tokenizer()
     template = template_for(tok)
     pairs = [PAIR] + synthetic_pairs(6, seed=3)
-    one_by_one = []
-    for pair in pairs:
-        messages = pair.messages()
-        prompt = template.render(messages[:-1], add_generation_prompt=True)
-        answer = tok.encode(template.render(messages, add_generation_prompt=False)[len(prompt):])
-        stop = len(answer) - answer[::-1].index(tok.im_end_id)
-        ids = [tok.bos_id] + tok.encode(prompt)
-        one_by_one.append((ids + answer, [0] * len(ids) + [1] * stop + [0] * (len(answer) - stop)))
+    one_by_one = [encode_pair(tok, template, pair) for pair in pairs]  # a batch of one each
     batched = encode_pairs(tok, template, pairs)
     assert batched == one_by_one and len({tuple(ids) for ids, _ in batched}) == len(pairs)
 
